@@ -1,0 +1,209 @@
+//! What a caller asks to enqueue, and its validation (pure).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// The largest number of jobs one enqueue call may carry.
+pub const MAX_BATCH: usize = 10_000;
+
+/// A job to enqueue. Build it with [`NewJob::new`] and the chained setters; every
+/// field is checked by [`NewJob::validate`] before anything is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// 1–100 characters of `[A-Za-z0-9_.:-]`.
+    pub job_type: String,
+    /// Any JSON value. Default `{}`.
+    pub payload: serde_json::Value,
+    /// Named queue, same charset as the type. Default `default`.
+    pub queue: String,
+    /// 0–9, 0 runs first. Default 5.
+    pub priority: i16,
+    /// Not before this time. Default: now (the database's clock).
+    pub run_at: Option<DateTime<Utc>>,
+    /// Not before this long from now (the database's clock); exclusive with `run_at`.
+    pub delay: Option<Duration>,
+    /// Attempts allowed, 1–1000. Default 5.
+    pub max_attempts: i32,
+    /// An attempt running longer is stopped and fails (retryable). Default: none.
+    pub timeout_seconds: Option<i32>,
+    /// Idempotency key: at most one unfinished job per tenant has it. Default: none.
+    pub unique_key: Option<String>,
+    /// Free labels for filtering, at most 20 of 1–100 characters. Default: none.
+    pub tags: Vec<String>,
+}
+
+/// A typed job payload: the type name travels with the Rust type, so enqueuing and
+/// handling cannot disagree on it.
+pub trait JobArgs: Serialize + DeserializeOwned + Send + 'static {
+    /// The job type this payload belongs to.
+    const TYPE: &'static str;
+
+    /// Enqueue options that apply unless the caller overrides them.
+    fn defaults(job: NewJob) -> NewJob {
+        job
+    }
+}
+
+impl NewJob {
+    /// A job of `job_type` with `payload` and every option at its default.
+    pub fn new(job_type: impl Into<String>, payload: serde_json::Value) -> Self {
+        NewJob {
+            job_type: job_type.into(),
+            payload,
+            queue: "default".into(),
+            priority: 5,
+            run_at: None,
+            delay: None,
+            max_attempts: 5,
+            timeout_seconds: None,
+            unique_key: None,
+            tags: Vec::new(),
+        }
+    }
+
+    /// A job from typed arguments, with the type's defaults applied.
+    pub fn from_args<A: JobArgs>(args: &A) -> Result<Self> {
+        let payload = serde_json::to_value(args).map_err(|e| Error::invalid("payload", e.to_string()))?;
+        Ok(A::defaults(NewJob::new(A::TYPE, payload)))
+    }
+
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+    pub fn priority(mut self, priority: i16) -> Self {
+        self.priority = priority;
+        self
+    }
+    pub fn run_at(mut self, at: DateTime<Utc>) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+    pub fn max_attempts(mut self, n: i32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+    pub fn timeout_seconds(mut self, secs: i32) -> Self {
+        self.timeout_seconds = Some(secs);
+        self
+    }
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+    pub fn tags<S: Into<String>>(mut self, tags: impl IntoIterator<Item = S>) -> Self {
+        self.tags = tags.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<()> {
+        check_name("type", &self.job_type)?;
+        check_name("queue", &self.queue)?;
+        if !(0..=9).contains(&self.priority) {
+            return Err(Error::invalid("priority", "must be an integer from 0 to 9"));
+        }
+        if !(1..=1000).contains(&self.max_attempts) {
+            return Err(Error::invalid("max_attempts", "must be an integer from 1 to 1000"));
+        }
+        if let Some(t) = self.timeout_seconds
+            && !(1..=7 * 86_400).contains(&t)
+        {
+            return Err(Error::invalid("timeout_seconds", "must be from 1 to 604800 (7 days)"));
+        }
+        if self.run_at.is_some() && self.delay.is_some() {
+            return Err(Error::invalid("run_at", "give either run_at or delay_seconds, not both"));
+        }
+        if let Some(d) = self.delay
+            && d > Duration::from_secs(10 * 365 * 86_400)
+        {
+            return Err(Error::invalid("delay_seconds", "must be at most 10 years"));
+        }
+        if let Some(key) = &self.unique_key
+            && (key.is_empty() || key.chars().count() > 255)
+        {
+            return Err(Error::invalid("unique_key", "must be 1 to 255 characters"));
+        }
+        if self.tags.len() > 20 {
+            return Err(Error::invalid("tags", "at most 20 tags"));
+        }
+        if self.tags.iter().any(|t| t.is_empty() || t.chars().count() > 100) {
+            return Err(Error::invalid("tags", "each tag must be 1 to 100 characters"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a job type or queue name: 1–100 characters of `[A-Za-z0-9_.:-]`.
+pub fn check_name(field: &str, value: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-');
+    if value.is_empty() || value.len() > 100 || !value.chars().all(ok_char) {
+        return Err(Error::invalid(field, "must be 1 to 100 characters of A-Z a-z 0-9 _ . : -"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn field_of(job: NewJob) -> String {
+        match job.validate() {
+            Err(Error::Invalid { field, .. }) => field,
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let job = NewJob::new("bulk_import", json!({}));
+        assert!(job.validate().is_ok());
+        assert_eq!((job.queue.as_str(), job.priority, job.max_attempts), ("default", 5, 5));
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let ok = || NewJob::new("a.b:c-d_e", json!(null));
+        assert_eq!(field_of(NewJob::new("", json!({}))), "type");
+        assert_eq!(field_of(NewJob::new("has space", json!({}))), "type");
+        assert_eq!(field_of(NewJob::new("x".repeat(101), json!({}))), "type");
+        assert_eq!(field_of(ok().queue("q/1")), "queue");
+        assert_eq!(field_of(ok().priority(10)), "priority");
+        assert_eq!(field_of(ok().priority(-1)), "priority");
+        assert_eq!(field_of(ok().max_attempts(0)), "max_attempts");
+        assert_eq!(field_of(ok().timeout_seconds(0)), "timeout_seconds");
+        assert_eq!(field_of(ok().unique_key("")), "unique_key");
+        assert_eq!(field_of(ok().tags([""])), "tags");
+        assert_eq!(field_of(ok().tags((0..21).map(|i| i.to_string()))), "tags");
+        assert_eq!(field_of(ok().run_at(Utc::now()).delay(Duration::from_secs(1))), "run_at");
+        assert!(ok().priority(0).max_attempts(1000).validate().is_ok());
+    }
+
+    #[test]
+    fn typed_args_carry_their_type_and_defaults() {
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Report {
+            id: u32,
+        }
+        impl JobArgs for Report {
+            const TYPE: &'static str = "report";
+            fn defaults(job: NewJob) -> NewJob {
+                job.queue("reports").max_attempts(3)
+            }
+        }
+        let job = NewJob::from_args(&Report { id: 7 }).unwrap();
+        assert_eq!(job.job_type, "report");
+        assert_eq!(job.payload, json!({"id": 7}));
+        assert_eq!((job.queue.as_str(), job.max_attempts), ("reports", 3));
+    }
+}

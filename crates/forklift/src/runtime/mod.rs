@@ -1,0 +1,196 @@
+//! The worker runtime: per-queue producers that lease jobs, executors that run them,
+//! a completer that writes their ends in batches, a keeper that renews leases, and
+//! the shutdown that puts unfinished work back.
+
+mod completer;
+mod executor;
+mod keeper;
+mod producer;
+mod running;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::keeper::Keeper;
+use self::producer::{QueueState, Shared};
+use self::running::Running;
+use crate::maintenance::{Maintainer, MaintenanceConfig};
+use crate::store::{Lease, Store};
+use crate::worker::{CancelReason, Registry};
+
+/// One queue this worker serves, and how many of its jobs may run at once here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueConfig {
+    pub name: String,
+    /// Default 100.
+    pub concurrency: usize,
+}
+
+impl QueueConfig {
+    pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
+        QueueConfig { name: name.into(), concurrency }
+    }
+}
+
+/// How a worker runs. `Default` gives the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerConfig {
+    /// Written on each lease, to tell processes apart. Default: host name, pid and a random suffix.
+    pub id: String,
+    /// Default: `default` with concurrency 100.
+    pub queues: Vec<QueueConfig>,
+    /// The most jobs one fetch leases. Default 500.
+    pub fetch_batch: usize,
+    /// How often a queue is polled when no wake-up comes (the fallback for lost
+    /// notifications and for scheduled jobs coming due). Default 1 s.
+    pub poll_interval: Duration,
+    /// How long a lease lasts without renewal. Default 30 s.
+    pub lease_ttl: Duration,
+    /// How often leases are renewed. Default 10 s.
+    pub heartbeat_interval: Duration,
+    /// How often handlers' progress is written. Default 500 ms.
+    pub progress_interval: Duration,
+    /// How long shutdown lets running jobs finish before releasing them. Default 30 s.
+    pub shutdown_grace: Duration,
+    /// Leader-elected background upkeep (rescue, prune). `None` runs none in this process.
+    /// Default: on, with [`MaintenanceConfig::default`].
+    pub maintenance: Option<MaintenanceConfig>,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: default_worker_id(),
+            queues: vec![QueueConfig::new("default", 100)],
+            fetch_batch: 500,
+            poll_interval: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(30),
+            heartbeat_interval: Duration::from_secs(10),
+            progress_interval: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(30),
+            maintenance: Some(MaintenanceConfig::default()),
+        }
+    }
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "worker".to_string() } else { host };
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+/// A running worker. Call [`Worker::shutdown`] to stop it gracefully; dropping it
+/// stops fetching but leaves running jobs to lapse and be rescued.
+pub struct Worker {
+    stop_fetching: CancellationToken,
+    stop_background: CancellationToken,
+    producers: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    completer: JoinHandle<()>,
+    shared: Arc<Shared>,
+    maintainer: Option<Arc<Maintainer>>,
+    grace: Duration,
+}
+
+impl Worker {
+    /// Starts fetching and running jobs of the registry's types. Must be called inside a
+    /// Tokio runtime. Migrations are the caller's (`store.migrate()`), done once at start-up.
+    pub fn start(store: Arc<dyn Store>, registry: Registry, config: WorkerConfig) -> Worker {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let completer = tokio::spawn(completer::run(store.clone(), rx));
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            handlers: registry.handlers.into_iter().map(|(k, v)| (k, Arc::new(v))).collect::<HashMap<_, _>>(),
+            running: Arc::new(Running::default()),
+            completions: tx,
+            tasks: TaskTracker::new(),
+            worker_id: config.id.clone(),
+            fetch_batch: config.fetch_batch.max(1),
+            poll_interval: config.poll_interval,
+            lease_ttl: config.lease_ttl,
+        });
+        let queues: Vec<Arc<QueueState>> =
+            config.queues.iter().map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1))).collect();
+        let stop_fetching = CancellationToken::new();
+        let stop_background = CancellationToken::new();
+        let keeper = Arc::new(Keeper {
+            store: store.clone(),
+            running: shared.running.clone(),
+            queues: queues.clone(),
+            lease_ttl: config.lease_ttl,
+            heartbeat_interval: config.heartbeat_interval,
+            progress_interval: config.progress_interval,
+        });
+        let mut background = vec![
+            tokio::spawn(keeper.clone().renew(stop_background.clone())),
+            tokio::spawn(keeper.listen(stop_background.clone())),
+        ];
+        let maintainer = config.maintenance.map(|m| Arc::new(Maintainer::new(store.clone(), config.id.clone(), m)));
+        if let Some(m) = &maintainer {
+            background.push(tokio::spawn(m.clone().run(stop_background.clone())));
+        }
+        let producers = if shared.handlers.is_empty() {
+            Vec::new() // nothing to run: a process that only enqueues, or only maintains
+        } else {
+            queues.iter().map(|q| tokio::spawn(producer::run(shared.clone(), q.clone(), stop_fetching.clone()))).collect()
+        };
+        tracing::info!(worker_id = %config.id, queues = config.queues.len(), types = shared.handlers.len(), "worker started");
+        Worker {
+            stop_fetching,
+            stop_background,
+            producers,
+            background,
+            completer,
+            shared,
+            maintainer,
+            grace: config.shutdown_grace,
+        }
+    }
+
+    /// How many jobs this process is running now.
+    pub fn running(&self) -> usize {
+        self.shared.running.len()
+    }
+
+    /// Stops taking jobs, lets running ones finish within the grace period, then stops
+    /// the rest and puts them back in the queue without using up their attempt. When
+    /// this returns, nothing this worker leased is left `RUNNING`.
+    pub async fn shutdown(self) {
+        self.stop_fetching.cancel();
+        for p in self.producers {
+            let _ = p.await;
+        }
+        let running = &self.shared.running;
+        if tokio::time::timeout(self.grace, running.wait_empty()).await.is_err() {
+            tracing::info!(jobs = running.len(), "grace period over; releasing running jobs");
+            running.cancel_all(CancelReason::Shutdown);
+            running.abort_all();
+        }
+        self.shared.tasks.close();
+        self.shared.tasks.wait().await;
+        let leftover: Vec<Lease> = running.drain().into_iter().map(|j| j.lease).collect();
+        if !leftover.is_empty() {
+            match self.shared.store.job_release_many(&leftover).await {
+                Ok(n) => tracing::info!(released = n, "released unfinished jobs"),
+                Err(e) => tracing::error!(error = %e, "could not release jobs; the rescuer will retry them"),
+            }
+        }
+        // The completer ends once the last sender is gone and its queue is written.
+        drop(self.shared);
+        let _ = self.completer.await;
+        self.stop_background.cancel();
+        for b in self.background {
+            let _ = b.await;
+        }
+        if let Some(m) = self.maintainer {
+            m.resign().await;
+        }
+        tracing::info!("worker stopped");
+    }
+}

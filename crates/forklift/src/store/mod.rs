@@ -1,0 +1,224 @@
+//! Where jobs live. [`Store`] is the one seam between the engine and a database:
+//! PostgreSQL now, SQLite next, both held to one conformance suite. All SQL lives below
+//! this module; everything above it speaks in jobs, leases and completions.
+
+pub mod postgres;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::job::{ErrorEntry, Job, JobId, JobStatus, TenantId};
+use crate::new_job::NewJob;
+
+/// The operations the engine needs from a database. Every state change is one
+/// statement (or one transaction) guarded by the job's status and, for running jobs,
+/// its lease token, so that a race or a crash can neither lose a job nor finish it twice.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Brings the schema up to date; safe when several processes start at once.
+    async fn migrate(&self) -> Result<()>;
+
+    /// Inserts validated jobs in one round trip. A job whose unique key is held by an
+    /// unfinished job is not inserted: that job is returned instead, with `inserted: false`.
+    /// The result is in the order of `jobs`.
+    async fn job_insert_many(&self, tenant: TenantId, jobs: &[NewJob]) -> Result<Vec<Inserted>>;
+
+    /// One job of this tenant, or `Error::NotFound`.
+    async fn job_get(&self, tenant: TenantId, id: JobId) -> Result<Job>;
+
+    /// A page of this tenant's jobs, newest first.
+    async fn job_list(&self, tenant: TenantId, params: &ListParams) -> Result<JobPage>;
+
+    /// Cancels a queued job at once; asks a running one to stop (`cancel_requested`).
+    /// A finished job is `Error::Conflict`.
+    async fn job_cancel(&self, tenant: TenantId, id: JobId) -> Result<Job>;
+
+    /// Queues a `FAILED`, `PARTIAL_SUCCESS` or `CANCELLED` job again with fresh attempts.
+    async fn job_retry(&self, tenant: TenantId, id: JobId) -> Result<Job>;
+
+    /// Leases up to `limit` due jobs of one queue to a worker, in the order priority,
+    /// run_at, id. Each leased job has `attempt` already counted.
+    async fn job_fetch_available(&self, params: &FetchParams) -> Result<Vec<LeasedJob>>;
+
+    /// Extends the leases still held; returns those, each with whether a cancel was asked.
+    /// A lease missing from the answer was lost (rescued, or the job was finished elsewhere).
+    async fn job_heartbeat_many(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>>;
+
+    /// Records handlers' progress, for leases still held.
+    async fn job_progress_many(&self, updates: &[ProgressUpdate]) -> Result<()>;
+
+    /// Applies finished attempts in one round trip; returns the ids whose lease was still
+    /// held. Any other completion is stale and changed nothing.
+    async fn job_complete_many(&self, completions: &[Completion]) -> Result<Vec<JobId>>;
+
+    /// Puts running jobs back in the queue without using up their attempt (shutdown).
+    async fn job_release_many(&self, leases: &[Lease]) -> Result<u64>;
+
+    /// Requeues (or fails, when out of attempts; or cancels, when a cancel was asked)
+    /// running jobs whose lease lapsed: their worker died or was cut off.
+    async fn job_rescue_lapsed(&self, params: &RescueParams) -> Result<Vec<Rescued>>;
+
+    /// Deletes up to `limit` jobs that finished more than `older_than` ago.
+    async fn job_prune_finished(&self, older_than: Duration, limit: i64) -> Result<u64>;
+
+    /// Pauses a tenant's queue: its queued jobs wait; running ones finish.
+    async fn queue_pause(&self, tenant: TenantId, queue: &str) -> Result<()>;
+
+    /// Resumes a paused queue and wakes its workers.
+    async fn queue_resume(&self, tenant: TenantId, queue: &str) -> Result<()>;
+
+    /// Becomes (or stays) the leader named `name` for `ttl` if nobody else holds it.
+    async fn leader_elect(&self, name: &str, leader_id: &str, ttl: Duration) -> Result<bool>;
+
+    /// Gives leadership up at once, so another process need not wait for the TTL.
+    async fn leader_resign(&self, name: &str, leader_id: &str) -> Result<()>;
+
+    /// Wake-ups for workers: jobs available in a queue, a cancel asked for a running job.
+    fn subscribe(&self) -> broadcast::Receiver<Event>;
+}
+
+/// A wake-up from the store to the workers of this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Jobs were enqueued (or became runnable) in this queue.
+    JobsAvailable { queue: String },
+    /// A cancel was asked for this job, which may be running here.
+    CancelRequested { job_id: JobId },
+    /// Wake-ups may have been missed (the listener reconnected): look at the database again.
+    Resync,
+}
+
+/// One result of [`Store::job_insert_many`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inserted {
+    /// The new job, or the unfinished job that already held the unique key.
+    pub job: Job,
+    /// False when the unique key matched an existing job and nothing was inserted.
+    pub inserted: bool,
+}
+
+/// Filters and page position for [`Store::job_list`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ListParams {
+    pub statuses: Vec<JobStatus>,
+    pub job_type: Option<String>,
+    pub queue: Option<String>,
+    pub tag: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// 1–500; the store clamps it.
+    pub limit: i64,
+    /// Where the previous page ended.
+    pub cursor: Option<Cursor>,
+}
+
+/// A position in the newest-first order: the last job of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_at: DateTime<Utc>,
+    pub id: JobId,
+}
+
+impl Cursor {
+    /// An opaque token for clients: microseconds and the id's hex.
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.created_at.timestamp_micros(), self.id.0.simple())
+    }
+
+    /// Reads a token made by [`Cursor::encode`].
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (micros, hex) = s.split_once('_')?;
+        let created_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        let id = JobId(Uuid::try_parse(hex).ok()?);
+        Some(Cursor { created_at, id })
+    }
+}
+
+/// One page of [`Store::job_list`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Present when more jobs may follow.
+    pub next_cursor: Option<Cursor>,
+}
+
+/// What a worker asks of [`Store::job_fetch_available`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchParams {
+    pub queue: String,
+    /// Only these types: the ones this worker has handlers for and room to run.
+    pub types: Vec<String>,
+    pub limit: i64,
+    /// Written on the lease, to tell which process holds a job.
+    pub worker_id: String,
+    pub lease_ttl: Duration,
+}
+
+/// A job leased to this worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeasedJob {
+    pub job: Job,
+    /// Changes at every fetch; every later write for this attempt must present it.
+    pub lease_token: Uuid,
+}
+
+/// The proof that a worker holds a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub token: Uuid,
+}
+
+/// A lease still held, from [`Store::job_heartbeat_many`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseStatus {
+    pub job_id: JobId,
+    pub cancel_requested: bool,
+}
+
+/// A handler's latest progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgressUpdate {
+    pub lease: Lease,
+    pub progress: i16,
+}
+
+/// A finished attempt, ready to write: the runtime has already decided the next status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub lease: Lease,
+    /// `SUCCESS`, `PARTIAL_SUCCESS`, `FAILED`, `CANCELLED`, or `QUEUED` (retry or snooze).
+    /// A `QUEUED` completion of a job whose cancel was asked becomes `CANCELLED`.
+    pub status: JobStatus,
+    pub result: Option<serde_json::Value>,
+    pub result_url: Option<String>,
+    /// Appended to the job's errors.
+    pub errors: Vec<ErrorEntry>,
+    /// When `QUEUED`: how long from now before it runs again.
+    pub retry_in: Duration,
+    /// A snooze gives the attempt back.
+    pub give_attempt_back: bool,
+    /// The handler's last progress, if it reported one.
+    pub progress: Option<i16>,
+}
+
+/// Settings for [`Store::job_rescue_lapsed`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RescueParams {
+    /// The back-off before a rescued job runs again.
+    pub backoff: crate::retry::Backoff,
+    pub limit: i64,
+}
+
+/// A job moved by the rescuer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rescued {
+    pub job_id: JobId,
+    pub status: JobStatus,
+    pub queue: String,
+}

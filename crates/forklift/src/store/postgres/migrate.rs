@@ -1,0 +1,58 @@
+//! Versioned schema migrations, embedded in the crate and applied in order.
+
+use sqlx::{Executor, PgConnection, PgPool};
+
+use crate::error::{Error, Result};
+
+/// Each migration: its version, a name, and its SQL. Append only; never edit a shipped one.
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "jobs", include_str!("../../../migrations/postgres/0001_jobs.sql"))];
+
+/// Applies the migrations this database lacks, in one transaction.
+///
+/// Several processes may start at once: a transaction-scoped advisory lock, keyed by the
+/// schema so that separate schemas in one database do not wait on each other, makes them
+/// take turns; the second finds everything applied and does nothing.
+pub async fn run(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let conn: &mut PgConnection = &mut tx;
+    sqlx::query("select pg_advisory_xact_lock(hashtext('forklift_migrate:' || current_schema()))")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "create table if not exists forklift_migrations (
+            version    integer primary key,
+            name       text not null,
+            applied_at timestamptz not null default now()
+        )",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let applied: Vec<i32> = sqlx::query_scalar("select version from forklift_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
+    for &(version, name, sql) in MIGRATIONS {
+        if applied.contains(&version) {
+            continue;
+        }
+        if let Err(e) = conn.execute(sql).await {
+            return Err(Error::Migration(format!("{version} {name}: {e}")));
+        }
+        sqlx::query("insert into forklift_migrations (version, name) values ($1, $2)")
+            .bind(version)
+            .bind(name)
+            .execute(&mut *conn)
+            .await?;
+        tracing::info!(version, name, "applied migration");
+    }
+    if let Some(newest) = applied.iter().max()
+        && *newest > MIGRATIONS.len() as i32
+    {
+        return Err(Error::Migration(format!(
+            "the database is at version {newest}, newer than this build knows ({}): upgrade Forklift",
+            MIGRATIONS.len()
+        )));
+    }
+    tx.commit().await?;
+    Ok(())
+}

@@ -1,0 +1,363 @@
+//! The PostgreSQL store: the production backend.
+//!
+//! Workers claim jobs with `FOR UPDATE SKIP LOCKED`, so any number of processes can
+//! fetch from one table without waiting on each other or taking the same job. Every
+//! write to a running job names its lease token, so a worker that lost its lease
+//! (rescued after a crash or a network cut) cannot overwrite what came after it.
+
+mod events;
+mod insert;
+mod migrate;
+mod row;
+mod work;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgConnection, PgPool, QueryBuilder};
+use tokio::sync::broadcast;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use self::events::Notifier;
+use self::row::{JOB_COLUMNS, JobRow};
+use crate::error::{Error, Result};
+use crate::job::{Job, JobId, JobStatus, TenantId};
+use crate::new_job::{MAX_BATCH, NewJob};
+use crate::store::{
+    Completion, Event, FetchParams, Inserted, JobPage, Lease, LeaseStatus, LeasedJob, ListParams, ProgressUpdate,
+    RescueParams, Rescued, Store,
+};
+
+pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
+
+/// The PostgreSQL store. Cheap to clone; clones share the pool and the background tasks,
+/// which stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct PgStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    events: broadcast::Sender<Event>,
+    notifier: Arc<Notifier>,
+    listener_started: OnceLock<()>,
+    stop: CancellationToken,
+    _stop_on_drop: DropGuard,
+}
+
+impl PgStore {
+    /// Connects with a pool of up to `max_connections` and starts the wake-up sender.
+    pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// Uses a pool the application already has (the one its own transactions use).
+    /// Must be called inside a Tokio runtime.
+    pub fn from_pool(pool: PgPool) -> Self {
+        let stop = CancellationToken::new();
+        let notifier = Notifier::new();
+        tokio::spawn(notifier.clone().run(pool.clone(), stop.clone()));
+        let (events, _) = broadcast::channel(4096);
+        PgStore {
+            inner: Arc::new(Inner {
+                pool,
+                events,
+                notifier,
+                listener_started: OnceLock::new(),
+                _stop_on_drop: stop.clone().drop_guard(),
+                stop,
+            }),
+        }
+    }
+
+    /// The pool, for the application's own queries and transactions.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// Enqueues inside the caller's transaction: the jobs exist if and only if it commits.
+    /// The wake-up is a NOTIFY in that transaction, which PostgreSQL delivers on commit.
+    pub async fn job_insert_many_in(
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Inserted>> {
+        check_batch(jobs)?;
+        let inserted = insert::insert_many(conn, tenant, jobs).await?;
+        let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+        sqlx::query("select pg_notify($1, q) from (select distinct unnest($2::text[]) q) s")
+            .bind(JOBS_CHANNEL)
+            .bind(&queues)
+            .execute(&mut *conn)
+            .await?;
+        Ok(inserted)
+    }
+
+    fn wake_queues<'a>(&self, queues: impl IntoIterator<Item = &'a str> + Clone) {
+        for q in queues.clone() {
+            let _ = self.inner.events.send(Event::JobsAvailable { queue: q.to_string() });
+        }
+        self.inner.notifier.jobs_available(queues);
+    }
+
+    async fn job_get_any(&self, tenant: TenantId, id: JobId) -> Result<Option<Job>> {
+        let row: Option<JobRow> =
+            sqlx::query_as(&format!("select {JOB_COLUMNS} from forklift_jobs where id = $1 and tenant_id = $2"))
+                .bind(id.0)
+                .bind(tenant.0)
+                .fetch_optional(&self.inner.pool)
+                .await?;
+        Ok(row.map(JobRow::into_job))
+    }
+
+    /// After a guarded update matched no row: unknown job, or one in the wrong status.
+    async fn conflict_or_not_found(&self, tenant: TenantId, id: JobId, action: &str) -> Error {
+        match self.job_get_any(tenant, id).await {
+            Ok(Some(job)) => Error::Conflict {
+                status: job.status,
+                message: format!("cannot {action} a job whose status is {}", job.status),
+            },
+            Ok(None) => Error::NotFound,
+            Err(e) => e,
+        }
+    }
+}
+
+fn check_batch(jobs: &[NewJob]) -> Result<()> {
+    if jobs.len() > MAX_BATCH {
+        return Err(Error::invalid("jobs", format!("at most {MAX_BATCH} jobs per call")));
+    }
+    jobs.iter().try_for_each(NewJob::validate)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn migrate(&self) -> Result<()> {
+        migrate::run(&self.inner.pool).await
+    }
+
+    async fn job_insert_many(&self, tenant: TenantId, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
+        check_batch(jobs)?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.inner.pool.acquire().await?;
+        let inserted = insert::insert_many(&mut conn, tenant, jobs).await?;
+        self.wake_queues(inserted.iter().filter(|i| i.inserted).map(|i| i.job.queue.as_str()));
+        Ok(inserted)
+    }
+
+    async fn job_get(&self, tenant: TenantId, id: JobId) -> Result<Job> {
+        self.job_get_any(tenant, id).await?.ok_or(Error::NotFound)
+    }
+
+    async fn job_list(&self, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
+        let limit = p.limit.clamp(1, 500);
+        let mut q = QueryBuilder::new(format!("select {JOB_COLUMNS} from forklift_jobs where tenant_id = "));
+        q.push_bind(tenant.0);
+        if !p.statuses.is_empty() {
+            let statuses: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
+            q.push(" and status = any(").push_bind(statuses).push(")");
+        }
+        if let Some(t) = &p.job_type {
+            q.push(" and job_type = ").push_bind(t.clone());
+        }
+        if let Some(queue) = &p.queue {
+            q.push(" and queue = ").push_bind(queue.clone());
+        }
+        if let Some(tag) = &p.tag {
+            q.push(" and tags ? ").push_bind(tag.clone());
+        }
+        if let Some(t) = p.created_after {
+            q.push(" and created_at > ").push_bind(t);
+        }
+        if let Some(t) = p.created_before {
+            q.push(" and created_at < ").push_bind(t);
+        }
+        if let Some(c) = p.cursor {
+            q.push(" and (created_at, id) < (").push_bind(c.created_at).push(", ").push_bind(c.id.0).push(")");
+        }
+        q.push(" order by created_at desc, id desc limit ").push_bind(limit + 1);
+        let rows: Vec<JobRow> = q.build_query_as().fetch_all(&self.inner.pool).await?;
+        let mut jobs: Vec<Job> = rows.into_iter().map(JobRow::into_job).collect();
+        let next_cursor = if jobs.len() as i64 > limit {
+            jobs.truncate(limit as usize);
+            jobs.last().map(|j| crate::store::Cursor { created_at: j.created_at, id: j.job_id })
+        } else {
+            None
+        };
+        Ok(JobPage { jobs, next_cursor })
+    }
+
+    async fn job_cancel(&self, tenant: TenantId, id: JobId) -> Result<Job> {
+        // One statement for both cases: a queued job ends now; a running one is flagged
+        // and its worker is told, and the worker's completion (or the rescuer) ends it.
+        let row: Option<JobRow> = sqlx::query_as(&format!(
+            "update forklift_jobs set
+                status = case when status = 'QUEUED' then 'CANCELLED' else status end,
+                completed_at = case when status = 'QUEUED' then now() else completed_at end,
+                cancel_requested = (status = 'RUNNING'),
+                updated_at = now()
+             where id = $1 and tenant_id = $2 and status in ('QUEUED', 'RUNNING')
+             returning {JOB_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(tenant.0)
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        let Some(job) = row.map(JobRow::into_job) else {
+            return Err(self.conflict_or_not_found(tenant, id, "cancel").await);
+        };
+        if job.status == JobStatus::Running {
+            let _ = self.inner.events.send(Event::CancelRequested { job_id: id });
+            self.inner.notifier.cancel_requested(id);
+        }
+        Ok(job)
+    }
+
+    async fn job_retry(&self, tenant: TenantId, id: JobId) -> Result<Job> {
+        let row: std::result::Result<Option<JobRow>, sqlx::Error> = sqlx::query_as(&format!(
+            "update forklift_jobs set
+                status = 'QUEUED', attempt = 0, progress = 0, run_at = now(), cancel_requested = false,
+                started_at = null, completed_at = null, updated_at = now()
+             where id = $1 and tenant_id = $2 and status in ('FAILED', 'PARTIAL_SUCCESS', 'CANCELLED')
+             returning {JOB_COLUMNS}"
+        ))
+        .bind(id.0)
+        .bind(tenant.0)
+        .fetch_optional(&self.inner.pool)
+        .await;
+        let row = match row {
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Err(Error::Conflict {
+                    status: self.job_get(tenant, id).await?.status,
+                    message: "another unfinished job holds this job's unique_key".into(),
+                });
+            }
+            other => other?,
+        };
+        let Some(job) = row.map(JobRow::into_job) else {
+            return Err(self.conflict_or_not_found(tenant, id, "retry").await);
+        };
+        self.wake_queues([job.queue.as_str()]);
+        Ok(job)
+    }
+
+    async fn job_fetch_available(&self, p: &FetchParams) -> Result<Vec<LeasedJob>> {
+        work::fetch(&self.inner.pool, p).await
+    }
+
+    async fn job_heartbeat_many(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>> {
+        work::heartbeat(&self.inner.pool, leases, ttl).await
+    }
+
+    async fn job_progress_many(&self, updates: &[ProgressUpdate]) -> Result<()> {
+        work::progress(&self.inner.pool, updates).await
+    }
+
+    async fn job_complete_many(&self, completions: &[Completion]) -> Result<Vec<JobId>> {
+        let (accepted, requeued) = work::complete(&self.inner.pool, completions).await?;
+        self.wake_queues(requeued.iter().map(String::as_str));
+        Ok(accepted)
+    }
+
+    async fn job_release_many(&self, leases: &[Lease]) -> Result<u64> {
+        let (n, queues) = work::release(&self.inner.pool, leases).await?;
+        self.wake_queues(queues.iter().map(String::as_str));
+        Ok(n)
+    }
+
+    async fn job_rescue_lapsed(&self, p: &RescueParams) -> Result<Vec<Rescued>> {
+        let rescued = work::rescue(&self.inner.pool, p).await?;
+        self.wake_queues(rescued.iter().filter(|r| r.status == JobStatus::Queued).map(|r| r.queue.as_str()));
+        Ok(rescued)
+    }
+
+    async fn job_prune_finished(&self, older_than: Duration, limit: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "delete from forklift_jobs where id in (
+                select id from forklift_jobs
+                where status in ('SUCCESS', 'FAILED', 'PARTIAL_SUCCESS', 'CANCELLED')
+                  and completed_at < now() - make_interval(secs => $1)
+                limit $2)",
+        )
+        .bind(older_than.as_secs_f64())
+        .bind(limit)
+        .execute(&self.inner.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn queue_pause(&self, tenant: TenantId, queue: &str) -> Result<()> {
+        crate::new_job::check_name("queue", queue)?;
+        sqlx::query("insert into forklift_queue_pauses (tenant_id, queue) values ($1, $2) on conflict do nothing")
+            .bind(tenant.0)
+            .bind(queue)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn queue_resume(&self, tenant: TenantId, queue: &str) -> Result<()> {
+        crate::new_job::check_name("queue", queue)?;
+        sqlx::query("delete from forklift_queue_pauses where tenant_id = $1 and queue = $2")
+            .bind(tenant.0)
+            .bind(queue)
+            .execute(&self.inner.pool)
+            .await?;
+        self.wake_queues([queue]);
+        Ok(())
+    }
+
+    async fn leader_elect(&self, name: &str, leader_id: &str, ttl: Duration) -> Result<bool> {
+        // Take the role if it is free or lapsed, or extend it if it is ours; the WHERE on
+        // the conflict branch makes the check and the write one atomic step.
+        let won: Option<String> = sqlx::query_scalar(
+            "insert into forklift_leaders (name, leader_id, elected_at, expires_at)
+             values ($1, $2, now(), now() + make_interval(secs => $3))
+             on conflict (name) do update set
+                leader_id = excluded.leader_id,
+                expires_at = excluded.expires_at,
+                elected_at = case when forklift_leaders.leader_id = excluded.leader_id
+                                  then forklift_leaders.elected_at else now() end
+             where forklift_leaders.leader_id = excluded.leader_id or forklift_leaders.expires_at < now()
+             returning leader_id",
+        )
+        .bind(name)
+        .bind(leader_id)
+        .bind(ttl.as_secs_f64())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        Ok(won.is_some())
+    }
+
+    async fn leader_resign(&self, name: &str, leader_id: &str) -> Result<()> {
+        sqlx::query("delete from forklift_leaders where name = $1 and leader_id = $2")
+            .bind(name)
+            .bind(leader_id)
+            .execute(&self.inner.pool)
+            .await?;
+        Ok(())
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Event> {
+        let rx = self.inner.events.subscribe();
+        self.inner.listener_started.get_or_init(|| {
+            tokio::spawn(events::listen(
+                self.inner.pool.clone(),
+                self.inner.events.clone(),
+                self.inner.stop.clone(),
+                Duration::from_secs(30),
+            ));
+        });
+        rx
+    }
+}

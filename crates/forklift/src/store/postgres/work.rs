@@ -1,0 +1,221 @@
+//! The worker's side of the table: claim, renew, report, finish, release, rescue.
+//! Each takes a whole batch in one statement, so a busy worker makes a few round trips
+//! per hundred jobs instead of a few per job.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::row::{JOB_COLUMNS, JobRow};
+use crate::error::Result;
+use crate::job::{JobId, JobStatus};
+use crate::store::{Completion, FetchParams, Lease, LeaseStatus, LeasedJob, ProgressUpdate, RescueParams, Rescued};
+
+fn split(leases: &[Lease]) -> (Vec<Uuid>, Vec<Uuid>) {
+    leases.iter().map(|l| (l.job_id.0, l.token)).unzip()
+}
+
+pub async fn fetch(pool: &PgPool, p: &FetchParams) -> Result<Vec<LeasedJob>> {
+    // SKIP LOCKED: rows another worker is claiming right now are passed over, not waited
+    // for, so concurrent fetchers each get different jobs at full speed. The paused-queue
+    // check is per tenant; the table is tiny and usually empty.
+    let rows: Vec<JobRow> = sqlx::query_as(&format!(
+        "with picked as (
+            select id from forklift_jobs j
+            where status = 'QUEUED' and queue = $1 and run_at <= now() and job_type = any($2)
+              and not exists (select 1 from forklift_queue_pauses p where p.tenant_id = j.tenant_id and p.queue = j.queue)
+            order by priority, run_at, id
+            limit $3
+            for update skip locked
+         )
+         update forklift_jobs j set
+            status = 'RUNNING', attempt = j.attempt + 1, started_at = now(), updated_at = now(),
+            lease_owner = $4, lease_token = gen_random_uuid(),
+            lease_expires_at = now() + make_interval(secs => $5)
+         from picked where j.id = picked.id
+         returning {}",
+        JOB_COLUMNS.split(", ").map(|c| format!("j.{c}")).collect::<Vec<_>>().join(", ")
+    ))
+    .bind(&p.queue)
+    .bind(&p.types)
+    .bind(p.limit)
+    .bind(&p.worker_id)
+    .bind(p.lease_ttl.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut leased: Vec<LeasedJob> = rows
+        .into_iter()
+        .map(|r| {
+            let lease_token = r.lease_token.expect("a running job has a lease token");
+            LeasedJob { job: r.into_job(), lease_token }
+        })
+        .collect();
+    // RETURNING does not keep the CTE's order; run in the order the queue promised.
+    leased.sort_by(|a, b| (a.job.priority, a.job.run_at, a.job.job_id).cmp(&(b.job.priority, b.job.run_at, b.job.job_id)));
+    Ok(leased)
+}
+
+pub async fn heartbeat(pool: &PgPool, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (ids, tokens) = split(leases);
+    let rows: Vec<(Uuid, bool)> = sqlx::query_as(
+        "update forklift_jobs j set lease_expires_at = now() + make_interval(secs => $3)
+         from unnest($1::uuid[], $2::uuid[]) as t(id, token)
+         where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'
+         returning j.id, j.cancel_requested",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(ttl.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|(id, c)| LeaseStatus { job_id: JobId(id), cancel_requested: c }).collect())
+}
+
+pub async fn progress(pool: &PgPool, updates: &[ProgressUpdate]) -> Result<()> {
+    if updates.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = updates.iter().map(|u| u.lease.job_id.0).collect();
+    let tokens: Vec<Uuid> = updates.iter().map(|u| u.lease.token).collect();
+    let values: Vec<i16> = updates.iter().map(|u| u.progress.clamp(0, 100)).collect();
+    sqlx::query(
+        "update forklift_jobs j set progress = t.progress, updated_at = now()
+         from unnest($1::uuid[], $2::uuid[], $3::int2[]) as t(id, token, progress)
+         where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&values)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Returns the accepted ids, and the queues of the jobs that went back to `QUEUED`.
+pub async fn complete(pool: &PgPool, cs: &[Completion]) -> Result<(Vec<JobId>, Vec<String>)> {
+    if cs.is_empty() {
+        return Ok((Vec::new(), Vec::new()));
+    }
+    let ids: Vec<Uuid> = cs.iter().map(|c| c.lease.job_id.0).collect();
+    let tokens: Vec<Uuid> = cs.iter().map(|c| c.lease.token).collect();
+    let statuses: Vec<&str> = cs.iter().map(|c| c.status.as_str()).collect();
+    let results: Vec<Option<serde_json::Value>> = cs.iter().map(|c| c.result.clone()).collect();
+    let result_urls: Vec<Option<String>> = cs.iter().map(|c| c.result_url.clone()).collect();
+    let errors: Vec<serde_json::Value> = cs.iter().map(|c| serde_json::json!(c.errors)).collect();
+    let retry_in: Vec<f64> = cs.iter().map(|c| c.retry_in.as_secs_f64()).collect();
+    let give_back: Vec<i32> = cs.iter().map(|c| i32::from(c.give_attempt_back)).collect();
+    let progress: Vec<Option<i16>> = cs.iter().map(|c| c.progress).collect();
+    // The guard `lease_token = t.token and status = 'RUNNING'` is the compare-and-set that
+    // makes a completion from a worker that lost its lease a no-op. A retry of a job whose
+    // cancel was asked meanwhile ends it instead: the cancel wins over the retry. The SET
+    // reads `j.cancel_requested` from the row it locks, so a cancel committed a moment
+    // before is seen.
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "update forklift_jobs j set
+            status = (case when t.status = 'QUEUED' and j.cancel_requested then 'CANCELLED' else t.status end),
+            progress = case when t.status = 'SUCCESS' then 100 else coalesce(t.progress, j.progress) end,
+            result = coalesce(t.result, j.result),
+            result_url = coalesce(t.result_url, j.result_url),
+            errors = j.errors || t.errors,
+            attempt = j.attempt - t.give_back,
+            run_at = case when t.status = 'QUEUED' and not j.cancel_requested
+                          then now() + make_interval(secs => t.retry_in) else j.run_at end,
+            completed_at = case when t.status = 'QUEUED' and not j.cancel_requested then null else now() end,
+            lease_owner = null, lease_token = null, lease_expires_at = null,
+            updated_at = now()
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[], $7::float8[], $8::int4[], $9::int2[])
+              as t(id, token, status, result, result_url, errors, retry_in, give_back, progress)
+         where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'
+         returning j.id, j.status, j.queue",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .bind(&statuses)
+    .bind(&results)
+    .bind(&result_urls)
+    .bind(&errors)
+    .bind(&retry_in)
+    .bind(&give_back)
+    .bind(&progress)
+    .fetch_all(pool)
+    .await?;
+    let requeued = rows.iter().filter(|(_, s, _)| s == "QUEUED").map(|(_, _, q)| q.clone()).collect();
+    Ok((rows.into_iter().map(|(id, _, _)| JobId(id)).collect(), requeued))
+}
+
+/// Returns how many were released and their queues.
+pub async fn release(pool: &PgPool, leases: &[Lease]) -> Result<(u64, Vec<String>)> {
+    if leases.is_empty() {
+        return Ok((0, Vec::new()));
+    }
+    let (ids, tokens) = split(leases);
+    // The attempt was not the job's fault: give it back, and keep the job's place in line.
+    let queues: Vec<String> = sqlx::query_scalar(
+        "update forklift_jobs j set
+            status = 'QUEUED', attempt = greatest(j.attempt - 1, 0), started_at = null,
+            lease_owner = null, lease_token = null, lease_expires_at = null, updated_at = now()
+         from unnest($1::uuid[], $2::uuid[]) as t(id, token)
+         where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'
+         returning j.queue",
+    )
+    .bind(&ids)
+    .bind(&tokens)
+    .fetch_all(pool)
+    .await?;
+    Ok((queues.len() as u64, queues))
+}
+
+pub async fn rescue(pool: &PgPool, p: &RescueParams) -> Result<Vec<Rescued>> {
+    // A lapsed lease means the worker died, hung or was cut off. The attempt it started
+    // counts (it may have had effects): retry with back-off while attempts remain.
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "with lapsed as (
+            select id from forklift_jobs
+            where status = 'RUNNING' and lease_expires_at < now()
+            order by lease_expires_at
+            limit $1
+            for update skip locked
+         ), next as (
+            select j.id,
+                   case when j.cancel_requested then 'CANCELLED'
+                        when j.attempt >= j.max_attempts then 'FAILED'
+                        else 'QUEUED' end as status
+            from forklift_jobs j join lapsed using (id)
+         )
+         update forklift_jobs j set
+            status = next.status,
+            errors = j.errors || jsonb_build_array(jsonb_build_object(
+                'message', 'the lease expired: the worker stopped renewing it (crashed, killed, hung or cut off)',
+                'code', 'lease_expired',
+                'attempt', j.attempt,
+                'at', to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+                'details', jsonb_build_object('worker', j.lease_owner))),
+            run_at = case when next.status = 'QUEUED'
+                          then now() + make_interval(secs => least($3, $2 * power(2, greatest(j.attempt - 1, 0)))
+                                                              * (1 + $4 * (2 * random() - 1)))
+                          else j.run_at end,
+            completed_at = case when next.status = 'QUEUED' then null else now() end,
+            lease_owner = null, lease_token = null, lease_expires_at = null, updated_at = now()
+         from next
+         where j.id = next.id
+         returning j.id, j.status, j.queue",
+    )
+    .bind(p.limit)
+    .bind(p.backoff.base.as_secs_f64())
+    .bind(p.backoff.cap.as_secs_f64())
+    .bind(p.backoff.jitter.clamp(0.0, 1.0))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, queue)| Rescued {
+            job_id: JobId(id),
+            status: status.parse().unwrap_or(JobStatus::Queued),
+            queue,
+        })
+        .collect())
+}
