@@ -189,6 +189,7 @@ fn lock_dir(dir: &Path) -> File {
 /// Initialises and starts a new cluster in `dir` (we hold the lock); returns its port.
 fn start_cluster(dir: &Path, probe: &str) -> String {
     let bin = find_pg_bin().unwrap_or_else(|| {
+        let _ = fs::remove_dir_all(dir); // Nothing to reap later; others re-check the lock.
         panic!(
             "no PostgreSQL at {probe} and initdb not found (on PATH or in \
              /usr/lib/postgresql/*/bin); install PostgreSQL server binaries or set DATABASE_URL"

@@ -1,5 +1,6 @@
 //! The [`Client`]: enqueue and manage jobs for one tenant.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sqlx::PgConnection;
@@ -39,7 +40,7 @@ impl Client {
     /// Enqueues one job. With a unique key that an unfinished job holds, returns that job
     /// with `inserted: false` and enqueues nothing.
     pub async fn enqueue(&self, job: NewJob) -> Result<Inserted> {
-        let mut one = self.store.job_insert_many(self.tenant, std::slice::from_ref(&job)).await?;
+        let mut one = self.enqueue_many(std::slice::from_ref(&job)).await?;
         Ok(one.pop().expect("one job in, one result out"))
     }
 
@@ -50,7 +51,9 @@ impl Client {
 
     /// Enqueues up to 10,000 jobs in one round trip, all or nothing; results in order.
     pub async fn enqueue_many(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
-        self.store.job_insert_many(self.tenant, jobs).await
+        let inserted = self.store.job_insert_many(self.tenant, jobs).await?;
+        count_enqueued(&inserted);
+        Ok(inserted)
     }
 
     /// Enqueues inside the caller's PostgreSQL transaction (or connection): the job
@@ -65,13 +68,15 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn enqueue_in(&self, conn: &mut PgConnection, job: NewJob) -> Result<Inserted> {
-        let mut one = PgStore::job_insert_many_in(conn, self.tenant, std::slice::from_ref(&job)).await?;
+        let mut one = self.enqueue_many_in(conn, std::slice::from_ref(&job)).await?;
         Ok(one.pop().expect("one job in, one result out"))
     }
 
     /// [`Client::enqueue_many`] inside the caller's PostgreSQL transaction.
     pub async fn enqueue_many_in(&self, conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
-        PgStore::job_insert_many_in(conn, self.tenant, jobs).await
+        let inserted = PgStore::job_insert_many_in(conn, self.tenant, jobs).await?;
+        count_enqueued(&inserted);
+        Ok(inserted)
     }
 
     pub async fn get(&self, id: JobId) -> Result<Job> {
@@ -99,5 +104,17 @@ impl Client {
 
     pub async fn resume_queue(&self, queue: &str) -> Result<()> {
         self.store.queue_resume(self.tenant, queue).await
+    }
+}
+
+/// Counts new jobs for `/metrics`, one increment per type and queue rather than per job.
+fn count_enqueued(inserted: &[Inserted]) {
+    let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
+    for i in inserted.iter().filter(|i| i.inserted) {
+        *counts.entry((i.job.job_type.as_str(), i.job.queue.as_str())).or_default() += 1;
+    }
+    for ((job_type, queue), n) in counts {
+        metrics::counter!("forklift_jobs_enqueued_total", "type" => job_type.to_string(), "queue" => queue.to_string())
+            .increment(n);
     }
 }

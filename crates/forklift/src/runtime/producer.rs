@@ -140,6 +140,11 @@ fn start_all(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>
             continue; // unreachable: the fetch asked only for registered types
         };
         let lease = Lease { job_id: leased.job.job_id, token: leased.lease_token };
+        if let Some(started) = leased.job.started_at {
+            let wait = (started - leased.job.run_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+            metrics::histogram!("forklift_job_wait_seconds", "type" => leased.job.job_type.clone(), "queue" => queue.name.clone())
+                .record(wait);
+        }
         let timeout =
             leased.job.timeout_seconds.map(|s| Duration::from_secs(s as u64)).or(reg.options.timeout);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
@@ -167,6 +172,16 @@ fn start_all(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>
 
 async fn finish(shared: &Shared, queue: &QueueState, ctx: &JobContext, after: After, permit: OwnedSemaphorePermit) {
     shared.running.remove(ctx.job_id());
+    let job = ctx.job();
+    if let After::Complete(c) = &after {
+        let labels = [("type", job.job_type.clone()), ("queue", job.queue.clone()), ("status", c.status.as_str().to_string())];
+        metrics::counter!("forklift_jobs_finished_total", &labels).increment(1);
+        if let Some(started) = job.started_at {
+            let run = (chrono::Utc::now() - started).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+            metrics::histogram!("forklift_job_run_seconds", "type" => job.job_type.clone(), "queue" => job.queue.clone())
+                .record(run);
+        }
+    }
     match after {
         After::Complete(c) => {
             let _ = shared.completions.send(c);

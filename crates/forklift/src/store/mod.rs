@@ -23,6 +23,9 @@ pub trait Store: Send + Sync + 'static {
     /// Brings the schema up to date; safe when several processes start at once.
     async fn migrate(&self) -> Result<()>;
 
+    /// Answers when the database does (readiness).
+    async fn ping(&self) -> Result<()>;
+
     /// Inserts validated jobs in one round trip. A job whose unique key is held by an
     /// unfinished job is not inserted: that job is returned instead, with `inserted: false`.
     /// The result is in the order of `jobs`.
@@ -80,6 +83,85 @@ pub trait Store: Send + Sync + 'static {
 
     /// Wake-ups for workers: jobs available in a queue, a cancel asked for a running job.
     fn subscribe(&self) -> broadcast::Receiver<Event>;
+
+    /// This tenant's job counts by type, queue and status (for `/queues` and `/stats`).
+    async fn job_counts(&self, tenant: TenantId) -> Result<Vec<JobCount>>;
+
+    /// This tenant's paused queues.
+    async fn queue_paused_list(&self, tenant: TenantId) -> Result<Vec<String>>;
+
+    /// This tenant's throughput per minute and latency percentiles over the last `window`.
+    async fn job_stats_recent(&self, tenant: TenantId, window: Duration) -> Result<RecentStats>;
+
+    /// Unfinished jobs by queue and status, across tenants (for the operator's metrics).
+    async fn queue_depths(&self) -> Result<Vec<JobCount>>;
+
+    /// Creates a tenant; a name already taken is `Error::Invalid` on `name`.
+    async fn tenant_create(&self, name: &str) -> Result<Tenant>;
+
+    async fn tenant_list(&self) -> Result<Vec<Tenant>>;
+
+    /// Stores a new key's prefix and hash for a tenant (the secret itself is never stored).
+    async fn api_key_insert(&self, tenant: TenantId, prefix: &str, key_hash: &str) -> Result<()>;
+
+    /// The tenant of an unrevoked key with this hash.
+    async fn api_key_tenant(&self, key_hash: &str) -> Result<Option<TenantId>>;
+
+    /// Every key, revoked or not, newest first.
+    async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>>;
+
+    /// Revokes the key with this prefix; false if there is no such live key.
+    async fn api_key_revoke(&self, prefix: &str) -> Result<bool>;
+}
+
+/// A count of jobs with one type, queue and status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobCount {
+    /// Empty in [`Store::queue_depths`], which counts by queue and status only.
+    pub job_type: String,
+    pub queue: String,
+    pub status: JobStatus,
+    pub count: i64,
+}
+
+/// Recent activity, from [`Store::job_stats_recent`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecentStats {
+    /// Oldest first; minutes with nothing finished are absent.
+    pub per_minute: Vec<MinuteCount>,
+    /// Seconds from `run_at` to start, over jobs started in the window.
+    pub wait_p50: Option<f64>,
+    pub wait_p95: Option<f64>,
+    /// Seconds from start to finish, over jobs finished in the window.
+    pub run_p50: Option<f64>,
+    pub run_p95: Option<f64>,
+}
+
+/// Jobs finished in one minute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MinuteCount {
+    pub minute: DateTime<Utc>,
+    /// `SUCCESS` and `PARTIAL_SUCCESS`.
+    pub completed: i64,
+    pub failed: i64,
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub tenant_id: TenantId,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An API key as listed: never its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyInfo {
+    pub prefix: String,
+    pub tenant_id: TenantId,
+    pub tenant_name: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }
 
 /// A wake-up from the store to the workers of this process.

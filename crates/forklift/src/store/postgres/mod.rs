@@ -5,6 +5,7 @@
 //! write to a running job names its lease token, so a worker that lost its lease
 //! (rescued after a crash or a network cut) cannot overwrite what came after it.
 
+mod admin;
 mod events;
 mod insert;
 mod migrate;
@@ -26,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::job::{Job, JobId, JobStatus, TenantId};
 use crate::new_job::{MAX_BATCH, NewJob};
 use crate::store::{
-    Completion, Event, FetchParams, Inserted, JobPage, Lease, LeaseStatus, LeasedJob, ListParams, ProgressUpdate,
-    RescueParams, Rescued, Store,
+    ApiKeyInfo, Completion, Event, FetchParams, Inserted, JobCount, JobPage, Lease, LeaseStatus, LeasedJob, ListParams,
+    ProgressUpdate, RecentStats, RescueParams, Rescued, Store, Tenant,
 };
 
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
@@ -142,6 +143,11 @@ fn check_batch(jobs: &[NewJob]) -> Result<()> {
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
         migrate::run(&self.inner.pool).await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("select 1").execute(&self.inner.pool).await?;
+        Ok(())
     }
 
     async fn job_insert_many(&self, tenant: TenantId, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
@@ -359,5 +365,48 @@ impl Store for PgStore {
             ));
         });
         rx
+    }
+
+    async fn job_counts(&self, tenant: TenantId) -> Result<Vec<JobCount>> {
+        admin::job_counts(&self.inner.pool, tenant).await
+    }
+
+    async fn queue_paused_list(&self, tenant: TenantId) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("select queue from forklift_queue_pauses where tenant_id = $1 order by queue")
+            .bind(tenant.0)
+            .fetch_all(&self.inner.pool)
+            .await?)
+    }
+
+    async fn job_stats_recent(&self, tenant: TenantId, window: Duration) -> Result<RecentStats> {
+        admin::stats_recent(&self.inner.pool, tenant, window).await
+    }
+
+    async fn queue_depths(&self) -> Result<Vec<JobCount>> {
+        admin::queue_depths(&self.inner.pool).await
+    }
+
+    async fn tenant_create(&self, name: &str) -> Result<Tenant> {
+        admin::tenant_create(&self.inner.pool, name).await
+    }
+
+    async fn tenant_list(&self) -> Result<Vec<Tenant>> {
+        admin::tenant_list(&self.inner.pool).await
+    }
+
+    async fn api_key_insert(&self, tenant: TenantId, prefix: &str, key_hash: &str) -> Result<()> {
+        admin::api_key_insert(&self.inner.pool, tenant, prefix, key_hash).await
+    }
+
+    async fn api_key_tenant(&self, key_hash: &str) -> Result<Option<TenantId>> {
+        admin::api_key_tenant(&self.inner.pool, key_hash).await
+    }
+
+    async fn api_key_list(&self) -> Result<Vec<ApiKeyInfo>> {
+        admin::api_key_list(&self.inner.pool).await
+    }
+
+    async fn api_key_revoke(&self, prefix: &str) -> Result<bool> {
+        admin::api_key_revoke(&self.inner.pool, prefix).await
     }
 }

@@ -1,0 +1,145 @@
+//! The Jobs API as an axum [`Router`] that another service can mount in its own app.
+
+pub mod error;
+pub mod extract;
+pub mod jobs;
+pub mod model;
+pub mod ops;
+pub mod queues;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use forklift::Client;
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use self::error::ApiError;
+use crate::auth::{KeyCache, Limiter};
+
+/// How the API behaves. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Serve requests without a key as the default tenant. Default false.
+    pub dev: bool,
+    /// The largest request body. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// Requests per second per tenant, on average; 0 turns limiting off. Default 100.
+    pub rate_limit_per_second: u32,
+    /// Requests a tenant may send at once above the rate. Default 200.
+    pub rate_limit_burst: u32,
+    /// How long a looked-up API key is trusted before it is checked again. Default 10 s.
+    pub key_cache_ttl: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            dev: false,
+            max_body_bytes: 1024 * 1024,
+            rate_limit_per_second: 100,
+            rate_limit_burst: 200,
+            key_cache_ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    pub config: Arc<ApiConfig>,
+    pub keys: Arc<KeyCache>,
+    pub limiter: Arc<Limiter>,
+    /// Renders `/metrics`; `None` when the embedding app installed its own recorder.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+impl AppState {
+    pub fn new(client: Client, config: ApiConfig, metrics: Option<PrometheusHandle>) -> Self {
+        AppState {
+            keys: Arc::new(KeyCache::new(client.store().clone(), config.key_cache_ttl)),
+            limiter: Arc::new(Limiter::new(config.rate_limit_per_second, config.rate_limit_burst)),
+            config: Arc::new(config),
+            client,
+            metrics,
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Forklift Jobs API", description = "Background jobs over HTTP: enqueue, watch, cancel, retry."),
+    modifiers(&BearerAuth),
+    tags((name = "jobs"), (name = "queues"), (name = "ops"))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("API key").build()),
+        );
+    }
+}
+
+/// Every route with its documentation: registering a route here is what puts it in
+/// `/openapi.json`, so the two cannot drift apart.
+fn documented() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(jobs::enqueue, jobs::list))
+        .routes(routes!(jobs::enqueue_batch))
+        .routes(routes!(jobs::get))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::retry))
+        .routes(routes!(queues::list))
+        .routes(routes!(queues::pause))
+        .routes(routes!(queues::resume))
+        .routes(routes!(queues::stats))
+        .routes(routes!(ops::health))
+        .routes(routes!(ops::ready))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(openapi_json))
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "ops",
+    responses((status = 200, description = "The OpenAPI 3 document of this API", body = Object)))]
+async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
+    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
+    axum::Json(DOC.get_or_init(openapi).clone())
+}
+
+/// The OpenAPI document of every route [`router`] serves.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented().split_for_parts().1
+}
+
+/// The Jobs API. Mount it at the root (existing clients call `/jobs`) or nest it.
+pub fn router(state: AppState) -> Router {
+    let (api, _) = documented().split_for_parts();
+    let limit = state.config.max_body_bytes;
+    api.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the server failed on this request",
+            ))
+        }))
+        .with_state(state)
+}

@@ -1,0 +1,159 @@
+//! Counts and statistics for the API, and tenants with their API keys.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+use crate::job::TenantId;
+use crate::store::{ApiKeyInfo, JobCount, MinuteCount, RecentStats, Tenant};
+
+type CountRow = (String, String, String, i64);
+
+fn counts(rows: Vec<CountRow>) -> Vec<JobCount> {
+    rows.into_iter()
+        .filter_map(|(job_type, queue, status, count)| {
+            Some(JobCount { job_type, queue, status: status.parse().ok()?, count })
+        })
+        .collect()
+}
+
+pub async fn job_counts(pool: &PgPool, tenant: TenantId) -> Result<Vec<JobCount>> {
+    let rows: Vec<CountRow> = sqlx::query_as(
+        "select job_type, queue, status, count(*) from forklift_jobs where tenant_id = $1 group by 1, 2, 3",
+    )
+    .bind(tenant.0)
+    .fetch_all(pool)
+    .await?;
+    Ok(counts(rows))
+}
+
+pub async fn queue_depths(pool: &PgPool) -> Result<Vec<JobCount>> {
+    // Each status is served by its partial index (fetch, lease), not a table scan.
+    let rows: Vec<CountRow> = sqlx::query_as(
+        "select '', queue, status, count(*) from forklift_jobs where status = 'QUEUED' group by 2, 3
+         union all
+         select '', queue, status, count(*) from forklift_jobs where status = 'RUNNING' group by 2, 3",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(counts(rows))
+}
+
+pub async fn stats_recent(pool: &PgPool, tenant: TenantId, window: Duration) -> Result<RecentStats> {
+    let secs = window.as_secs_f64();
+    let minutes: Vec<(DateTime<Utc>, i64, i64)> = sqlx::query_as(
+        "select date_trunc('minute', completed_at) as minute,
+                count(*) filter (where status in ('SUCCESS', 'PARTIAL_SUCCESS')),
+                count(*) filter (where status = 'FAILED')
+         from forklift_jobs
+         where tenant_id = $1 and completed_at > now() - make_interval(secs => $2)
+           and status in ('SUCCESS', 'PARTIAL_SUCCESS', 'FAILED')
+         group by 1 order by 1",
+    )
+    .bind(tenant.0)
+    .bind(secs)
+    .fetch_all(pool)
+    .await?;
+    let (wait_p50, wait_p95): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "select percentile_cont(0.5) within group (order by w), percentile_cont(0.95) within group (order by w)
+         from (select greatest(extract(epoch from started_at - run_at)::float8, 0) as w from forklift_jobs
+               where tenant_id = $1 and started_at > now() - make_interval(secs => $2)) s",
+    )
+    .bind(tenant.0)
+    .bind(secs)
+    .fetch_one(pool)
+    .await?;
+    let (run_p50, run_p95): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "select percentile_cont(0.5) within group (order by r), percentile_cont(0.95) within group (order by r)
+         from (select extract(epoch from completed_at - started_at)::float8 as r from forklift_jobs
+               where tenant_id = $1 and completed_at > now() - make_interval(secs => $2) and started_at is not null) s",
+    )
+    .bind(tenant.0)
+    .bind(secs)
+    .fetch_one(pool)
+    .await?;
+    Ok(RecentStats {
+        per_minute: minutes.into_iter().map(|(minute, completed, failed)| MinuteCount { minute, completed, failed }).collect(),
+        wait_p50,
+        wait_p95,
+        run_p50,
+        run_p95,
+    })
+}
+
+pub async fn tenant_create(pool: &PgPool, name: &str) -> Result<Tenant> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(Error::invalid("name", "a tenant name is 1 to 200 characters"));
+    }
+    let row: std::result::Result<(Uuid, String, DateTime<Utc>), sqlx::Error> =
+        sqlx::query_as("insert into forklift_tenants (id, name) values ($1, $2) returning id, name, created_at")
+            .bind(Uuid::new_v4())
+            .bind(name)
+            .fetch_one(pool)
+            .await;
+    match row {
+        Ok((id, name, created_at)) => Ok(Tenant { tenant_id: TenantId(id), name, created_at }),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Err(Error::invalid("name", format!("a tenant named `{name}` exists already")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn tenant_list(pool: &PgPool) -> Result<Vec<Tenant>> {
+    let rows: Vec<(Uuid, String, DateTime<Utc>)> =
+        sqlx::query_as("select id, name, created_at from forklift_tenants order by created_at, name")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(id, name, created_at)| Tenant { tenant_id: TenantId(id), name, created_at }).collect())
+}
+
+pub async fn api_key_insert(pool: &PgPool, tenant: TenantId, prefix: &str, key_hash: &str) -> Result<()> {
+    sqlx::query("insert into forklift_api_keys (prefix, tenant_id, key_hash) values ($1, $2, $3)")
+        .bind(prefix)
+        .bind(tenant.0)
+        .bind(key_hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn api_key_tenant(pool: &PgPool, key_hash: &str) -> Result<Option<TenantId>> {
+    let id: Option<Uuid> =
+        sqlx::query_scalar("select tenant_id from forklift_api_keys where key_hash = $1 and revoked_at is null")
+            .bind(key_hash)
+            .fetch_optional(pool)
+            .await?;
+    Ok(id.map(TenantId))
+}
+
+pub async fn api_key_list(pool: &PgPool) -> Result<Vec<ApiKeyInfo>> {
+    let rows: Vec<(String, Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "select k.prefix, k.tenant_id, t.name, k.created_at, k.revoked_at
+         from forklift_api_keys k join forklift_tenants t on t.id = k.tenant_id
+         order by k.created_at desc",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(prefix, tenant, tenant_name, created_at, revoked_at)| ApiKeyInfo {
+            prefix,
+            tenant_id: TenantId(tenant),
+            tenant_name,
+            created_at,
+            revoked_at,
+        })
+        .collect())
+}
+
+pub async fn api_key_revoke(pool: &PgPool, prefix: &str) -> Result<bool> {
+    let done = sqlx::query("update forklift_api_keys set revoked_at = now() where prefix = $1 and revoked_at is null")
+        .bind(prefix)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
