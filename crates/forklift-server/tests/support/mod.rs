@@ -1,0 +1,82 @@
+//! A real Jobs API on a loopback port, over a fresh PostgreSQL schema, with two tenants.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use forklift::{Client, PgStore, Store};
+use forklift_server::auth::issue_key;
+use forklift_server::{ApiConfig, AppState, router};
+use forklift_testkit::TestSchema;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub struct TestApi {
+    pub schema: TestSchema,
+    pub store: Arc<dyn Store>,
+    pub base: String,
+    /// Tenant A's key, and tenant B's.
+    pub key_a: String,
+    pub key_b: String,
+    http: reqwest::Client,
+}
+
+/// A server on a free loopback port, serving `store` with `config`.
+pub async fn serve(store: Arc<dyn Store>, config: ApiConfig) -> String {
+    let state = AppState::new(Client::new(store), config, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr: SocketAddr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    format!("http://{addr}")
+}
+
+impl TestApi {
+    pub async fn start() -> TestApi {
+        Self::with_config(ApiConfig { rate_limit_per_second: 0, ..ApiConfig::default() }).await
+    }
+
+    pub async fn with_config(config: ApiConfig) -> TestApi {
+        let schema = forklift_testkit::fresh_schema().await;
+        let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(schema.pool.clone()));
+        store.migrate().await.unwrap();
+        let a = store.tenant_create("tenant-a").await.unwrap();
+        let b = store.tenant_create("tenant-b").await.unwrap();
+        let key_a = issue_key(&*store, a.tenant_id).await.unwrap().key;
+        let key_b = issue_key(&*store, b.tenant_id).await.unwrap().key;
+        let base = serve(store.clone(), config).await;
+        TestApi { schema, store, base, key_a, key_b, http: reqwest::Client::new() }
+    }
+
+    /// Sends a request as the holder of `key` (None: no Authorization header).
+    pub async fn call(&self, method: Method, path: &str, key: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(&self.key_a), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(&self.key_a), Some(body)).await
+    }
+
+    pub fn raw(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// Asserts the SPEC §5 error shape and returns the code.
+pub fn error_code(body: &Value) -> &str {
+    assert!(body["error"]["message"].is_string(), "error body has a message: {body}");
+    body["error"]["code"].as_str().unwrap_or_else(|| panic!("error body has a code: {body}"))
+}
