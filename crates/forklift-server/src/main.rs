@@ -10,8 +10,14 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if cli.log_json { logs.json().init() } else { logs.init() }
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init()
+    } else {
+        logs.init()
+    }
     let runtime = tokio::runtime::Runtime::new().expect("the Tokio runtime starts");
     let result = runtime.block_on(async {
         match cli.command {

@@ -39,4 +39,7 @@ pub use retry::Backoff;
 pub use runtime::{QueueConfig, Worker, WorkerConfig};
 pub use store::postgres::PgStore;
 pub use store::{Cursor, Inserted, JobPage, ListParams, Store};
-pub use worker::{CancelReason, Handler, HandlerResult, ItemError, JobContext, JobError, Outcome, Registry, TypeOptions};
+pub use worker::{
+    CancelReason, Handler, HandlerResult, ItemError, JobContext, JobError, Outcome, Registry,
+    TypeOptions,
+};

@@ -74,12 +74,20 @@ async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &Cancellation
     while !stop.is_cancelled() && queue.maybe_more.swap(false, Ordering::AcqRel) {
         let (mut any_full, mut out_of_room) = (false, false);
         for (types, room) in fetch_classes(shared, queue) {
-            let free = queue.slots.available_permits().min(room).min(shared.fetch_batch);
+            let free = queue
+                .slots
+                .available_permits()
+                .min(room)
+                .min(shared.fetch_batch);
             if free == 0 {
                 out_of_room = true;
                 continue;
             }
-            let permits = queue.slots.clone().try_acquire_many_owned(free as u32).expect("permits were available");
+            let permits = queue
+                .slots
+                .clone()
+                .try_acquire_many_owned(free as u32)
+                .expect("permits were available");
             let params = FetchParams {
                 queue: queue.name.clone(),
                 types,
@@ -132,21 +140,41 @@ fn fetch_classes(shared: &Shared, queue: &QueueState) -> Vec<(Vec<String>, usize
     classes
 }
 
-fn start_all(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>, mut permits: OwnedSemaphorePermit) {
+fn start_all(
+    shared: &Arc<Shared>,
+    queue: &Arc<QueueState>,
+    jobs: Vec<LeasedJob>,
+    mut permits: OwnedSemaphorePermit,
+) {
     for leased in jobs {
         let permit = permits.split(1).expect("one permit per fetched job");
-        *queue.per_type.lock().unwrap().entry(leased.job.job_type.clone()).or_default() += 1;
+        *queue
+            .per_type
+            .lock()
+            .unwrap()
+            .entry(leased.job.job_type.clone())
+            .or_default() += 1;
         let Some(reg) = shared.handlers.get(&leased.job.job_type).cloned() else {
             continue; // unreachable: the fetch asked only for registered types
         };
-        let lease = Lease { job_id: leased.job.job_id, token: leased.lease_token };
+        let lease = Lease {
+            job_id: leased.job.job_id,
+            token: leased.lease_token,
+        };
         if let Some(started) = leased.job.started_at {
-            let wait = (started - leased.job.run_at).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+            let wait = (started - leased.job.run_at)
+                .num_microseconds()
+                .unwrap_or(0)
+                .max(0) as f64
+                / 1e6;
             metrics::histogram!("forklift_job_wait_seconds", "type" => leased.job.job_type.clone(), "queue" => queue.name.clone())
                 .record(wait);
         }
-        let timeout =
-            leased.job.timeout_seconds.map(|s| Duration::from_secs(s as u64)).or(reg.options.timeout);
+        let timeout = leased
+            .job
+            .timeout_seconds
+            .map(|s| Duration::from_secs(s as u64))
+            .or(reg.options.timeout);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let ctx = JobContext::new(leased.job, deadline);
         shared.running.insert(lease, ctx.clone());
@@ -162,40 +190,55 @@ fn start_all(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>
                 ctx.take_result(),
                 Some(ctx.latest_progress()),
             );
-            finish(&shared2, &queue2, &ctx, after, permit).await;
+            finish(&shared2, &queue2, &ctx, after, permit);
         });
-        shared.running.set_abort(lease.job_id, handle.abort_handle());
+        shared
+            .running
+            .set_abort(lease.job_id, handle.abort_handle());
     }
     // Permits left over (fewer jobs than asked for) return to the queue here.
     drop(permits);
 }
 
-async fn finish(shared: &Shared, queue: &QueueState, ctx: &JobContext, after: After, permit: OwnedSemaphorePermit) {
-    shared.running.remove(ctx.job_id());
+fn finish(
+    shared: &Shared,
+    queue: &QueueState,
+    ctx: &JobContext,
+    after: After,
+    permit: OwnedSemaphorePermit,
+) {
+    // No await in here: shutdown may abort this task at any await, and a job must never be
+    // half-finished (out of the running set, yet not handed to the completer).
     let job = ctx.job();
-    if let After::Complete(c) = &after {
-        let labels = [("type", job.job_type.clone()), ("queue", job.queue.clone()), ("status", c.status.as_str().to_string())];
-        metrics::counter!("forklift_jobs_finished_total", &labels).increment(1);
-        if let Some(started) = job.started_at {
-            let run = (chrono::Utc::now() - started).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
-            metrics::histogram!("forklift_job_run_seconds", "type" => job.job_type.clone(), "queue" => job.queue.clone())
-                .record(run);
-        }
-    }
     match after {
         After::Complete(c) => {
+            shared.running.remove(ctx.job_id());
+            let labels = [
+                ("type", job.job_type.clone()),
+                ("queue", job.queue.clone()),
+                ("status", c.status.as_str().to_string()),
+            ];
+            metrics::counter!("forklift_jobs_finished_total", &labels).increment(1);
+            if let Some(started) = job.started_at {
+                let run = (chrono::Utc::now() - started)
+                    .num_microseconds()
+                    .unwrap_or(0)
+                    .max(0) as f64
+                    / 1e6;
+                metrics::histogram!("forklift_job_run_seconds", "type" => job.job_type.clone(), "queue" => job.queue.clone())
+                    .record(run);
+            }
             let _ = shared.completions.send(c);
         }
-        After::Release(lease) => {
-            if let Err(e) = shared.store.job_release_many(&[lease]).await {
-                tracing::warn!(job_id = %lease.job_id, error = %e, "could not release job; the rescuer will");
-            }
-        }
+        // Shutting down: the job stays in the running set, and shutdown releases every
+        // job left there in one statement.
+        After::Release(_) => {}
         After::Discard => {
+            shared.running.remove(ctx.job_id());
             tracing::warn!(job_id = %ctx.job_id(), "attempt finished after its lease was lost; result dropped");
         }
     }
-    if let Some(n) = queue.per_type.lock().unwrap().get_mut(&ctx.job().job_type) {
+    if let Some(n) = queue.per_type.lock().unwrap().get_mut(&job.job_type) {
         *n = n.saturating_sub(1);
     }
     drop(permit);
