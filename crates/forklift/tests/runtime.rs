@@ -484,7 +484,7 @@ async fn per_type_concurrency_is_respected() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(
-        max_seen <= 2 && max_seen >= 1,
+        (1..=2).contains(&max_seen),
         "at most 2 at once, saw {max_seen}"
     );
     worker.shutdown().await;

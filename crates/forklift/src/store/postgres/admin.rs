@@ -170,7 +170,8 @@ pub async fn api_key_tenant(pool: &PgPool, key_hash: &str) -> Result<Option<Tena
 }
 
 pub async fn api_key_list(pool: &PgPool) -> Result<Vec<ApiKeyInfo>> {
-    let rows: Vec<(String, Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+    type KeyRow = (String, Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>);
+    let rows: Vec<KeyRow> = sqlx::query_as(
         "select k.prefix, k.tenant_id, t.name, k.created_at, k.revoked_at
          from forklift_api_keys k join forklift_tenants t on t.id = k.tenant_id
          order by k.created_at desc",
