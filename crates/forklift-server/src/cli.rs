@@ -34,6 +34,8 @@ pub enum Command {
     Status(StatusArgs),
     /// List recent jobs through the API of a running server.
     Jobs(JobsArgs),
+    /// Measure enqueue, burn-down, latency and HTTP throughput (see docs/benchmarks.md).
+    Bench(crate::commands::bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             Command::Enqueue(args) => commands::remote::enqueue(args).await,
             Command::Status(args) => commands::remote::status(args).await,
             Command::Jobs(args) => commands::remote::jobs(args).await,
+            Command::Bench(args) => commands::bench::run(args).await.map(|_| 0),
         }
     });
     match result {

@@ -1,5 +1,6 @@
 //! What each `forklift` subcommand does.
 
+pub mod bench;
 pub mod remote;
 pub mod serve;
 pub mod tenant;

@@ -1,0 +1,133 @@
+//! `forklift bench`: the scenarios of BENCH.md against a fresh schema (PostgreSQL) or a
+//! fresh file (SQLite), each repeated, printed as a table of median [min - max], one JSON
+//! line, and the summary lines that the peers' `anchors.sh` reads.
+
+mod scenarios;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use forklift::{PgStore, Store};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::cli::sqlite_path;
+
+/// Options of `forklift bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The database to measure: `postgres://…` (a schema `forklift_bench` is dropped and
+    /// made anew for each run) or `sqlite://PATH` (a fresh file per run).
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://forklift-bench.db")]
+    pub database_url: String,
+    /// Scenarios, comma-separated: batch, single, burndown, latency, http.
+    #[arg(long, value_delimiter = ',', default_value = "batch,single,burndown,latency,http")]
+    pub what: Vec<String>,
+    /// Runs of each scenario.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
+    /// Jobs for batch enqueue and burn-down.
+    #[arg(long, default_value_t = 50_000)]
+    pub jobs: usize,
+    /// Jobs per call in batch enqueue (the other figure is the largest call, 10,000).
+    #[arg(long, default_value_t = 1_000)]
+    pub chunk: usize,
+    /// One-job enqueues by one caller (16 callers do twice as many).
+    #[arg(long, default_value_t = 3_000)]
+    pub single: usize,
+    /// Jobs run at once by the burn-down worker.
+    #[arg(long, default_value_t = 1_000)]
+    pub concurrency: usize,
+    /// Latency samples, enqueued open loop at `--rate` per second.
+    #[arg(long, default_value_t = 2_000)]
+    pub latency_jobs: usize,
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Seconds of HTTP enqueue load, 16 keep-alive connections.
+    #[arg(long, default_value_t = 20)]
+    pub http_seconds: u64,
+    /// A label for the summary and the JSON line.
+    #[arg(long, default_value = "forklift")]
+    pub label: String,
+}
+
+/// Makes a fresh, empty, migrated store for each run.
+pub(crate) struct Fresh {
+    url: String,
+}
+
+impl Fresh {
+    pub(crate) async fn store(&self) -> anyhow::Result<Arc<dyn Store>> {
+        Ok(self.stores().await?.0)
+    }
+
+    /// The store, and the PostgreSQL store behind it when there is one (for transactions).
+    pub(crate) async fn stores(&self) -> anyhow::Result<(Arc<dyn Store>, Option<PgStore>)> {
+        if let Some(path) = sqlite_path(&self.url) {
+            bail!("SQLite benchmarks need the SQLite store ({})", path.display());
+        }
+        let admin = sqlx::PgPool::connect(&self.url).await.context("could not connect to PostgreSQL")?;
+        sqlx::query("drop schema if exists forklift_bench cascade").execute(&admin).await?;
+        sqlx::query("create schema forklift_bench").execute(&admin).await?;
+        admin.close().await;
+        let options: PgConnectOptions = self.url.parse::<PgConnectOptions>()?.options([("search_path", "forklift_bench")]);
+        let store = PgStore::connect(options, 40).await?;
+        store.migrate().await?;
+        Ok((Arc::new(store.clone()), Some(store)))
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        if sqlite_path(&self.url).is_some() { "sqlite" } else { "postgres" }
+    }
+}
+
+/// Measurements by name: (unit, one value per run).
+#[derive(Default)]
+pub(crate) struct Results(BTreeMap<String, (String, Vec<f64>)>);
+
+impl Results {
+    pub(crate) fn add(&mut self, name: impl Into<String>, unit: &str, value: f64) {
+        self.0.entry(name.into()).or_insert_with(|| (unit.to_string(), Vec::new())).1.push(value);
+    }
+}
+
+fn summary(values: &[f64]) -> (f64, f64, f64) {
+    let mut s = values.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let mid = s.len() / 2;
+    let median = if s.len() % 2 == 1 { s[mid] } else { (s[mid - 1] + s[mid]) / 2.0 };
+    (median, s[0], s[s.len() - 1])
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let fresh = Fresh { url: args.database_url.clone() };
+    let mut results = Results::default();
+    for rep in 1..=args.reps {
+        for what in &args.what {
+            eprintln!("run {rep}/{}: {what}", args.reps);
+            match what.as_str() {
+                "batch" => scenarios::batch(&fresh, &args, &mut results).await?,
+                "single" => scenarios::single(&fresh, &args, &mut results).await?,
+                "burndown" => scenarios::burndown(&fresh, &args, &mut results).await?,
+                "latency" => scenarios::latency(&fresh, &args, &mut results).await?,
+                "http" => scenarios::http(&fresh, &args, &mut results).await?,
+                other => bail!("unknown scenario `{other}` (batch, single, burndown, latency, http)"),
+            }
+        }
+    }
+    results.add("peak RSS of this process", "MiB", scenarios::peak_rss_mib());
+    println!("\n=== {} summary on {} (median [min - max] over runs) ===", args.label, fresh.backend());
+    let mut json = serde_json::Map::new();
+    for (name, (unit, values)) in &results.0 {
+        let (median, min, max) = summary(values);
+        let d = if unit == "ms" { 2 } else { 0 };
+        println!("{name:<52} {median:>12.d$} {unit:<7} [{min:.d$} - {max:.d$}]  n={}", values.len());
+        json.insert(name.clone(), serde_json::json!({"unit": unit, "median": median, "min": min, "max": max, "runs": values}));
+    }
+    let line = serde_json::json!({
+        "label": args.label, "backend": fresh.backend(), "at": chrono::Utc::now(), "results": json,
+    });
+    println!("(json: {line})");
+    Ok(())
+}

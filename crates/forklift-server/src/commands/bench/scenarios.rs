@@ -1,0 +1,224 @@
+//! The BENCH.md scenarios, one function each.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use forklift::{
+    Client, Handler, HandlerResult, JobContext, JobStatus, ListParams, NewJob, Outcome, QueueConfig, Registry, Worker,
+    WorkerConfig, builtin,
+};
+use serde::Deserialize;
+
+use super::{BenchArgs, Fresh, Results};
+use crate::http::{ApiConfig, AppState, router};
+
+fn noop() -> NewJob {
+    NewJob::new("noop", serde_json::json!({}))
+}
+
+fn bench_worker(store: Arc<dyn forklift::Store>, registry: Registry, concurrency: usize) -> Worker {
+    let config = WorkerConfig {
+        queues: vec![QueueConfig::new("default", concurrency)],
+        fetch_batch: concurrency,
+        maintenance: None,
+        ..WorkerConfig::default()
+    };
+    Worker::start(store, registry, config)
+}
+
+/// Waits until the store holds no unfinished job (or 120 s pass).
+async fn drained(client: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let unfinished = ListParams { statuses: vec![JobStatus::Queued, JobStatus::Running], limit: 1, ..ListParams::default() };
+    loop {
+        if client.list(&unfinished).await?.jobs.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("jobs still unfinished after 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn batch(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
+    for chunk in [args.chunk, forklift::MAX_BATCH] {
+        let client = Client::new(fresh.store().await?);
+        let jobs = vec![noop(); chunk.min(args.jobs)];
+        let start = Instant::now();
+        let mut left = args.jobs;
+        while left > 0 {
+            let k = left.min(jobs.len());
+            client.enqueue_many(&jobs[..k]).await?;
+            left -= k;
+        }
+        out.add(format!("batch enqueue {} (calls of {chunk})", args.jobs), "jobs/s", args.jobs as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+pub async fn single(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
+    for callers in [1usize, 16] {
+        let client = Client::new(fresh.store().await?);
+        let total = if callers == 1 { args.single } else { args.single * 2 };
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..callers)
+            .map(|c| {
+                let client = client.clone();
+                let n = total / callers + usize::from(c < total % callers);
+                tokio::spawn(async move {
+                    for _ in 0..n {
+                        client.enqueue(noop()).await?;
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        out.add(format!("single enqueue, {callers} caller(s)"), "jobs/s", total as f64 / start.elapsed().as_secs_f64());
+    }
+    Ok(())
+}
+
+pub async fn burndown(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
+    let (store, pg) = fresh.stores().await?;
+    let mut registry = Registry::new();
+    registry.register("noop", builtin::Noop);
+    let worker = bench_worker(store.clone(), registry, args.concurrency);
+    tokio::time::sleep(Duration::from_millis(300)).await; // started and idle
+    let client = Client::new(store.clone());
+    let jobs = vec![noop(); args.jobs.min(forklift::MAX_BATCH)];
+    // All jobs committed at once: calls of 10,000 inside one transaction.
+    let pg = pg.context("burn-down needs a store with transactions")?;
+    let mut tx = pg.pool().begin().await?;
+    let mut left = args.jobs;
+    while left > 0 {
+        let k = left.min(jobs.len());
+        client.enqueue_many_in(&mut tx, &jobs[..k]).await?;
+        left -= k;
+    }
+    tx.commit().await?;
+    let start = Instant::now();
+    drained(&client).await?;
+    let rate = args.jobs as f64 / start.elapsed().as_secs_f64();
+    out.add(format!("throughput burn-down {} (c={})", args.jobs, args.concurrency), "jobs/s", rate);
+    worker.shutdown().await;
+    Ok(())
+}
+
+/// A handler that notes when it started, by sequence number.
+struct Probe(Arc<Vec<OnceLock<Instant>>>);
+
+#[derive(Deserialize)]
+struct ProbeArgs {
+    seq: usize,
+}
+
+impl Handler for Probe {
+    type Payload = ProbeArgs;
+    async fn run(&self, args: ProbeArgs, _ctx: JobContext) -> HandlerResult {
+        if let Some(slot) = self.0.get(args.seq) {
+            let _ = slot.set(Instant::now());
+        }
+        Ok(Outcome::Success)
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let idx = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[idx]
+}
+
+pub async fn latency(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
+    let store = fresh.store().await?;
+    let n = args.latency_jobs;
+    let started: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
+    let ran: Arc<Vec<OnceLock<Instant>>> = Arc::new((0..n).map(|_| OnceLock::new()).collect());
+    let mut registry = Registry::new();
+    registry.register("probe", Probe(ran.clone()));
+    let worker = bench_worker(store.clone(), registry, 100);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let client = Client::new(store);
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let t0 = tokio::time::Instant::now();
+    let mut sends = Vec::with_capacity(n);
+    for seq in 0..n {
+        tokio::time::sleep_until(t0 + interval * seq as u32).await;
+        let (client, started) = (client.clone(), started.clone());
+        sends.push(tokio::spawn(async move {
+            let _ = started[seq].set(Instant::now());
+            client.enqueue(NewJob::new("probe", serde_json::json!({ "seq": seq }))).await
+        }));
+    }
+    for s in sends {
+        s.await?.context("enqueue")?;
+    }
+    drained(&client).await?;
+    worker.shutdown().await;
+    let mut ms: Vec<f64> = (0..n)
+        .filter_map(|i| Some(ran[i].get()?.duration_since(*started[i].get()?).as_secs_f64() * 1e3))
+        .collect();
+    if ms.len() < n {
+        bail!("only {} of {n} probes ran", ms.len());
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let label = format!("@{}/s (enqueue call -> start)", args.rate);
+    out.add(format!("latency p50 {label}"), "ms", percentile(&ms, 0.5));
+    out.add(format!("latency p99 {label}"), "ms", percentile(&ms, 0.99));
+    out.add(format!("latency max {label}"), "ms", ms[ms.len() - 1]);
+    Ok(())
+}
+
+pub async fn http(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
+    let store = fresh.store().await?;
+    let config = ApiConfig { dev: true, rate_limit_per_second: 0, ..ApiConfig::default() };
+    let state = AppState::new(Client::new(store), config, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/jobs", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    let until = Instant::now() + Duration::from_secs(args.http_seconds);
+    let count = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (url, count) = (url.clone(), count.clone());
+            tokio::spawn(async move {
+                let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+                let mut latencies = Vec::new();
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    let resp = http.post(&url).json(&serde_json::json!({"type": "noop"})).send().await?;
+                    if resp.status() != reqwest::StatusCode::ACCEPTED {
+                        bail!("POST /jobs answered {}", resp.status());
+                    }
+                    latencies.push(t.elapsed().as_secs_f64() * 1e3);
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await??);
+    }
+    let secs = start.elapsed().as_secs_f64();
+    server.abort();
+    all.sort_by(|a, b| a.total_cmp(b));
+    out.add("HTTP enqueue, 16 connections", "req/s", count.load(Ordering::Relaxed) as f64 / secs);
+    out.add("HTTP enqueue p99, 16 connections", "ms", percentile(&all, 0.99));
+    Ok(())
+}
+
+/// The most memory this process has held (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
