@@ -71,7 +71,8 @@ impl Fresh {
         sqlx::query("drop schema if exists forklift_bench cascade").execute(&admin).await?;
         sqlx::query("create schema forklift_bench").execute(&admin).await?;
         admin.close().await;
-        let options: PgConnectOptions = self.url.parse::<PgConnectOptions>()?.options([("search_path", "forklift_bench")]);
+        let options: PgConnectOptions =
+            self.url.parse::<PgConnectOptions>()?.options([("search_path", "forklift_bench")]);
         let store = PgStore::connect(options, 40).await?;
         store.migrate().await?;
         Ok((Arc::new(store.clone()), Some(store)))
@@ -123,7 +124,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let (median, min, max) = summary(values);
         let d = if unit == "ms" { 2 } else { 0 };
         println!("{name:<52} {median:>12.d$} {unit:<7} [{min:.d$} - {max:.d$}]  n={}", values.len());
-        json.insert(name.clone(), serde_json::json!({"unit": unit, "median": median, "min": min, "max": max, "runs": values}));
+        json.insert(
+            name.clone(),
+            serde_json::json!({"unit": unit, "median": median, "min": min, "max": max, "runs": values}),
+        );
     }
     let line = serde_json::json!({
         "label": args.label, "backend": fresh.backend(), "at": chrono::Utc::now(), "results": json,

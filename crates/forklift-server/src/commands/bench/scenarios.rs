@@ -31,7 +31,8 @@ fn bench_worker(store: Arc<dyn forklift::Store>, registry: Registry, concurrency
 /// Waits until the store holds no unfinished job (or 120 s pass).
 async fn drained(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let unfinished = ListParams { statuses: vec![JobStatus::Queued, JobStatus::Running], limit: 1, ..ListParams::default() };
+    let unfinished =
+        ListParams { statuses: vec![JobStatus::Queued, JobStatus::Running], limit: 1, ..ListParams::default() };
     loop {
         if client.list(&unfinished).await?.jobs.is_empty() {
             return Ok(());
@@ -54,7 +55,11 @@ pub async fn batch(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow
             client.enqueue_many(&jobs[..k]).await?;
             left -= k;
         }
-        out.add(format!("batch enqueue {} (calls of {chunk})", args.jobs), "jobs/s", args.jobs as f64 / start.elapsed().as_secs_f64());
+        out.add(
+            format!("batch enqueue {} (calls of {chunk})", args.jobs),
+            "jobs/s",
+            args.jobs as f64 / start.elapsed().as_secs_f64(),
+        );
     }
     Ok(())
 }
@@ -159,9 +164,8 @@ pub async fn latency(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
     }
     drained(&client).await?;
     worker.shutdown().await;
-    let mut ms: Vec<f64> = (0..n)
-        .filter_map(|i| Some(ran[i].get()?.duration_since(*started[i].get()?).as_secs_f64() * 1e3))
-        .collect();
+    let mut ms: Vec<f64> =
+        (0..n).filter_map(|i| Some(ran[i].get()?.duration_since(*started[i].get()?).as_secs_f64() * 1e3)).collect();
     if ms.len() < n {
         bail!("only {} of {n} probes ran", ms.len());
     }

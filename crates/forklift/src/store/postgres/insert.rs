@@ -14,9 +14,15 @@ use crate::store::Inserted;
 /// Inserts `jobs` (already validated) with one `unnest` statement: one round trip for
 /// up to 10,000 jobs. A job whose unique key an unfinished job holds is not inserted;
 /// that job is looked up and returned instead.
-pub async fn insert_many(
+pub async fn insert_many(conn: &mut PgConnection, tenant: TenantId, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
+    insert_for_tenants(conn, &vec![tenant; jobs.len()], jobs).await
+}
+
+/// [`insert_many`] where each job has its own tenant: what the coalescer sends, the jobs
+/// of many callers in one statement.
+pub async fn insert_for_tenants(
     conn: &mut PgConnection,
-    tenant: TenantId,
+    tenants: &[TenantId],
     jobs: &[NewJob],
 ) -> Result<Vec<Inserted>> {
     let ids: Vec<Uuid> = jobs.iter().map(|_| JobId::new().0).collect();
@@ -25,49 +31,36 @@ pub async fn insert_many(
     // A key's holder can finish between our insert (which saw it) and our look-up (which
     // then does not): insert those again. Three rounds settle any realistic race.
     for _round in 0..3 {
-        let inserted = insert_rows(conn, tenant, jobs, &ids, &todo).await?;
+        let inserted = insert_rows(conn, tenants, jobs, &ids, &todo).await?;
         let mut by_id: HashMap<Uuid, JobRow> = inserted.into_iter().map(|r| (r.id, r)).collect();
         let mut conflicted = Vec::new();
         for &i in &todo {
             match by_id.remove(&ids[i]) {
-                Some(row) => {
-                    out[i] = Some(Inserted {
-                        job: row.into_job(),
-                        inserted: true,
-                    })
-                }
+                Some(row) => out[i] = Some(Inserted { job: row.into_job(), inserted: true }),
                 None => conflicted.push(i),
             }
         }
         if conflicted.is_empty() {
             break;
         }
-        let keys: Vec<&str> = conflicted
-            .iter()
-            .filter_map(|&i| jobs[i].unique_key.as_deref())
-            .collect();
+        let key_tenants: Vec<Uuid> = conflicted.iter().map(|&i| tenants[i].0).collect();
+        let keys: Vec<&str> = conflicted.iter().map(|&i| jobs[i].unique_key.as_deref().unwrap_or_default()).collect();
         let holders: Vec<JobRow> = sqlx::query_as(&format!(
             "select {JOB_COLUMNS} from forklift_jobs
-             where tenant_id = $1 and unique_key = any($2) and status in ('QUEUED', 'RUNNING')"
+             where (tenant_id, unique_key) in (select * from unnest($1::uuid[], $2::text[]))
+               and status in ('QUEUED', 'RUNNING')"
         ))
-        .bind(tenant.0)
+        .bind(&key_tenants)
         .bind(&keys)
         .fetch_all(&mut *conn)
         .await?;
-        let holders: HashMap<String, JobRow> = holders
-            .into_iter()
-            .map(|r| (r.unique_key.clone().unwrap_or_default(), r))
-            .collect();
+        let holders: HashMap<(Uuid, String), JobRow> =
+            holders.into_iter().map(|r| ((r.tenant_id, r.unique_key.clone().unwrap_or_default()), r)).collect();
         todo.clear();
         for i in conflicted {
-            let key = jobs[i].unique_key.as_deref().unwrap_or_default();
-            match holders.get(key) {
-                Some(row) => {
-                    out[i] = Some(Inserted {
-                        job: row.clone().into_job(),
-                        inserted: false,
-                    });
-                }
+            let key = (tenants[i].0, jobs[i].unique_key.clone().unwrap_or_default());
+            match holders.get(&key) {
+                Some(row) => out[i] = Some(Inserted { job: row.clone().into_job(), inserted: false }),
                 None => todo.push(i),
             }
         }
@@ -76,52 +69,43 @@ pub async fn insert_many(
         }
     }
     out.into_iter()
-        .map(|o| {
-            o.ok_or_else(|| Error::invalid("unique_key", "the key's job kept changing; try again"))
-        })
+        .map(|o| o.ok_or_else(|| Error::invalid("unique_key", "the key's job kept changing; try again")))
         .collect()
 }
 
 async fn insert_rows(
     conn: &mut PgConnection,
-    tenant: TenantId,
+    tenants: &[TenantId],
     jobs: &[NewJob],
     ids: &[Uuid],
     which: &[usize],
 ) -> Result<Vec<JobRow>> {
     let id: Vec<Uuid> = which.iter().map(|&i| ids[i]).collect();
+    let tenant: Vec<Uuid> = which.iter().map(|&i| tenants[i].0).collect();
     let job_type: Vec<String> = which.iter().map(|&i| jobs[i].job_type.clone()).collect();
     let queue: Vec<String> = which.iter().map(|&i| jobs[i].queue.clone()).collect();
     let priority: Vec<i16> = which.iter().map(|&i| jobs[i].priority).collect();
     let payload: Vec<serde_json::Value> = which.iter().map(|&i| jobs[i].payload.clone()).collect();
     let max_attempts: Vec<i32> = which.iter().map(|&i| jobs[i].max_attempts).collect();
-    let run_at: Vec<Option<chrono::DateTime<chrono::Utc>>> =
-        which.iter().map(|&i| jobs[i].run_at).collect();
-    let delay: Vec<Option<f64>> = which
-        .iter()
-        .map(|&i| jobs[i].delay.map(|d| d.as_secs_f64()))
-        .collect();
+    let run_at: Vec<Option<chrono::DateTime<chrono::Utc>>> = which.iter().map(|&i| jobs[i].run_at).collect();
+    let delay: Vec<Option<f64>> = which.iter().map(|&i| jobs[i].delay.map(|d| d.as_secs_f64())).collect();
     let timeout: Vec<Option<i32>> = which.iter().map(|&i| jobs[i].timeout_seconds).collect();
-    let unique_key: Vec<Option<String>> =
-        which.iter().map(|&i| jobs[i].unique_key.clone()).collect();
-    let tags: Vec<serde_json::Value> = which
-        .iter()
-        .map(|&i| serde_json::json!(jobs[i].tags))
-        .collect();
+    let unique_key: Vec<Option<String>> = which.iter().map(|&i| jobs[i].unique_key.clone()).collect();
+    let tags: Vec<serde_json::Value> = which.iter().map(|&i| serde_json::json!(jobs[i].tags)).collect();
     let rows = sqlx::query_as(&format!(
         "insert into forklift_jobs
             (id, tenant_id, job_type, queue, priority, payload, max_attempts, run_at, timeout_seconds, unique_key, tags)
-         select t.id, $1, t.job_type, t.queue, t.priority, t.payload, t.max_attempts,
+         select t.id, t.tenant_id, t.job_type, t.queue, t.priority, t.payload, t.max_attempts,
                 coalesce(t.run_at, now() + make_interval(secs => coalesce(t.delay, 0))),
                 t.timeout_seconds, t.unique_key, t.tags
-         from unnest($2::uuid[], $3::text[], $4::text[], $5::int2[], $6::jsonb[], $7::int4[],
+         from unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int2[], $6::jsonb[], $7::int4[],
                      $8::timestamptz[], $9::float8[], $10::int4[], $11::text[], $12::jsonb[])
-              as t(id, job_type, queue, priority, payload, max_attempts, run_at, delay, timeout_seconds, unique_key, tags)
+              as t(tenant_id, id, job_type, queue, priority, payload, max_attempts, run_at, delay, timeout_seconds, unique_key, tags)
          on conflict (tenant_id, unique_key) where unique_key is not null and status in ('QUEUED', 'RUNNING')
          do nothing
          returning {JOB_COLUMNS}"
     ))
-    .bind(tenant.0)
+    .bind(&tenant)
     .bind(&id)
     .bind(&job_type)
     .bind(&queue)
