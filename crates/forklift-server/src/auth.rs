@@ -52,7 +52,11 @@ pub struct KeyCache {
 
 impl KeyCache {
     pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
-        KeyCache { store, ttl, hits: Mutex::default() }
+        KeyCache {
+            store,
+            ttl,
+            hits: Mutex::default(),
+        }
     }
 
     pub async fn tenant_of(&self, key: &str) -> Result<Option<TenantId>, ApiError> {
@@ -94,7 +98,9 @@ impl Limiter {
             return Ok(());
         };
         limiter.check_key(&tenant).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
             ApiError {
                 retry_after: Some(wait.as_secs_f64().ceil().max(1.0) as u64),
                 ..ApiError::new(
@@ -127,8 +133,14 @@ mod tests {
         let t = TenantId::DEFAULT;
         assert!(limiter.check(t).is_ok() && limiter.check(t).is_ok());
         let err = limiter.check(t).unwrap_err();
-        assert_eq!((err.status, err.retry_after), (StatusCode::TOO_MANY_REQUESTS, Some(1)));
-        assert!(limiter.check(TenantId(uuid::Uuid::new_v4())).is_ok(), "other tenants have their own bucket");
+        assert_eq!(
+            (err.status, err.retry_after),
+            (StatusCode::TOO_MANY_REQUESTS, Some(1))
+        );
+        assert!(
+            limiter.check(TenantId(uuid::Uuid::new_v4())).is_ok(),
+            "other tenants have their own bucket"
+        );
     }
 
     #[test]

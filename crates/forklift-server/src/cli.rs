@@ -53,7 +53,12 @@ pub struct WorkerArgs {
     #[arg(long, env = "FORKLIFT_CONCURRENCY", default_value_t = 100)]
     pub concurrency: usize,
     /// The queues to serve, comma-separated.
-    #[arg(long, env = "FORKLIFT_QUEUES", default_value = "default", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "FORKLIFT_QUEUES",
+        default_value = "default",
+        value_delimiter = ','
+    )]
     pub queues: Vec<String>,
     /// Seconds that running jobs get to finish on SIGTERM/SIGINT before they are released.
     #[arg(long, env = "FORKLIFT_SHUTDOWN_GRACE_SECONDS", default_value_t = 30)]
@@ -179,5 +184,7 @@ pub struct JobsArgs {
 
 /// Where a SQLite URL points.
 pub fn sqlite_path(url: &str) -> Option<PathBuf> {
-    url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).map(PathBuf::from)
+    url.strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .map(PathBuf::from)
 }

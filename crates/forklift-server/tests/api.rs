@@ -48,15 +48,22 @@ async fn enqueue_answers_202_with_the_job_and_get_returns_every_field() {
         assert!(got.get(field).is_some(), "missing {field} in {got}");
     }
     assert_eq!(got["payload"]["format"], "csv");
-    assert_eq!((got["priority"].as_i64(), got["max_attempts"].as_i64()), (Some(5), Some(5)));
+    assert_eq!(
+        (got["priority"].as_i64(), got["max_attempts"].as_i64()),
+        (Some(5), Some(5))
+    );
     assert!(got["created_at"].as_str().unwrap().ends_with('Z'));
 }
 
 #[tokio::test]
 async fn a_live_unique_key_answers_200_with_the_existing_job() {
     let api = TestApi::start().await;
-    let (s1, first) = api.post("/jobs", json!({"type": "noop", "unique_key": "order-7"})).await;
-    let (s2, second) = api.post("/jobs", json!({"type": "noop", "unique_key": "order-7"})).await;
+    let (s1, first) = api
+        .post("/jobs", json!({"type": "noop", "unique_key": "order-7"}))
+        .await;
+    let (s2, second) = api
+        .post("/jobs", json!({"type": "noop", "unique_key": "order-7"}))
+        .await;
     assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::OK));
     assert_eq!(first["job_id"], second["job_id"]);
     // The header is the same thing.
@@ -69,7 +76,10 @@ async fn a_live_unique_key_answers_200_with_the_existing_job() {
             .send()
     };
     let (r1, r2) = (send().await.unwrap(), send().await.unwrap());
-    assert_eq!((r1.status(), r2.status()), (StatusCode::ACCEPTED, StatusCode::OK));
+    assert_eq!(
+        (r1.status(), r2.status()),
+        (StatusCode::ACCEPTED, StatusCode::OK)
+    );
 }
 
 #[tokio::test]
@@ -78,12 +88,36 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     let cases = [
         (json!({"payload": {}}), "invalid_field", ""),
         (json!({"type": "has space"}), "invalid_field", "type"),
-        (json!({"type": "noop", "priority": 10}), "invalid_field", "priority"),
-        (json!({"type": "noop", "priority": "high"}), "invalid_field", "priority"),
-        (json!({"type": "noop", "max_attempts": 0}), "invalid_field", "max_attempts"),
-        (json!({"type": "noop", "delay_seconds": -1}), "invalid_field", "delay_seconds"),
-        (json!({"type": "noop", "run_at": "yesterday"}), "invalid_field", "run_at"),
-        (json!({"type": "noop", "prority": 1}), "invalid_field", "prority"),
+        (
+            json!({"type": "noop", "priority": 10}),
+            "invalid_field",
+            "priority",
+        ),
+        (
+            json!({"type": "noop", "priority": "high"}),
+            "invalid_field",
+            "priority",
+        ),
+        (
+            json!({"type": "noop", "max_attempts": 0}),
+            "invalid_field",
+            "max_attempts",
+        ),
+        (
+            json!({"type": "noop", "delay_seconds": -1}),
+            "invalid_field",
+            "delay_seconds",
+        ),
+        (
+            json!({"type": "noop", "run_at": "yesterday"}),
+            "invalid_field",
+            "run_at",
+        ),
+        (
+            json!({"type": "noop", "prority": 1}),
+            "invalid_field",
+            "prority",
+        ),
         (
             json!({"type": "noop", "depends_on": ["job_31c8927959d5442e90e3a6bc5a9188ec"]}),
             "invalid_field",
@@ -95,7 +129,10 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         let (status, err) = api.post("/jobs", body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_eq!(error_code(&err), code, "{body}");
-        assert!(err["error"]["message"].as_str().unwrap().contains(mentions), "{body} -> {err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(mentions),
+            "{body} -> {err}"
+        );
     }
     let malformed = api
         .raw()
@@ -107,13 +144,29 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
         .await
         .unwrap();
     assert_eq!(malformed.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_code(&malformed.json().await.unwrap()), "malformed_json");
-    let not_json = api.raw().post(format!("{}/jobs", api.base)).bearer_auth(&api.key_a).body("type=noop").send().await;
+    assert_eq!(
+        error_code(&malformed.json().await.unwrap()),
+        "malformed_json"
+    );
+    let not_json = api
+        .raw()
+        .post(format!("{}/jobs", api.base))
+        .bearer_auth(&api.key_a)
+        .body("type=noop")
+        .send()
+        .await;
     let not_json = not_json.unwrap();
     assert_eq!(not_json.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(error_code(&not_json.json().await.unwrap()), "unsupported_media_type");
+    assert_eq!(
+        error_code(&not_json.json().await.unwrap()),
+        "unsupported_media_type"
+    );
     let (_, list) = api.get("/jobs").await;
-    assert_eq!(list["jobs"].as_array().unwrap().len(), 0, "nothing was written");
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        0,
+        "nothing was written"
+    );
 }
 
 #[tokio::test]
@@ -128,12 +181,22 @@ async fn a_body_over_the_limit_is_refused_with_413() {
 #[tokio::test]
 async fn requests_without_a_valid_key_get_401() {
     let api = TestApi::start().await;
-    for key in [None, Some("fk_00000000_00000000000000000000000000000000"), Some("")] {
+    for key in [
+        None,
+        Some("fk_00000000_00000000000000000000000000000000"),
+        Some(""),
+    ] {
         let (status, err) = api.call(Method::GET, "/jobs", key, None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{key:?}");
         assert_eq!(error_code(&err), "unauthorized");
     }
-    let basic = api.raw().get(format!("{}/jobs", api.base)).basic_auth("u", Some("p")).send().await.unwrap();
+    let basic = api
+        .raw()
+        .get(format!("{}/jobs", api.base))
+        .basic_auth("u", Some("p"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
 }
 
@@ -159,7 +222,11 @@ async fn unknown_and_malformed_job_ids_answer_404() {
         "/jobs/nope",
         "/jobs/job_31c8927959d5442e90e3a6bc5a9188ec/cancel",
     ] {
-        let method = if path.ends_with("cancel") { Method::POST } else { Method::GET };
+        let method = if path.ends_with("cancel") {
+            Method::POST
+        } else {
+            Method::GET
+        };
         let (status, err) = api.call(method, path, Some(&api.key_a), None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         assert_eq!(error_code(&err), "not_found");
@@ -169,29 +236,51 @@ async fn unknown_and_malformed_job_ids_answer_404() {
 #[tokio::test]
 async fn batch_enqueues_in_order_all_or_nothing() {
     let api = TestApi::start().await;
-    let jobs: Vec<Value> = (0..50).map(|i| json!({"type": "noop", "payload": {"i": i}})).collect();
+    let jobs: Vec<Value> = (0..50)
+        .map(|i| json!({"type": "noop", "payload": {"i": i}}))
+        .collect();
     let (status, body) = api.post("/jobs/batch", json!({ "jobs": jobs })).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let ids = body["job_ids"].as_array().unwrap();
     assert_eq!(ids.len(), 50);
-    let (_, tenth) = api.get(&format!("/jobs/{}", ids[10].as_str().unwrap())).await;
+    let (_, tenth) = api
+        .get(&format!("/jobs/{}", ids[10].as_str().unwrap()))
+        .await;
     assert_eq!(tenth["payload"]["i"], 10);
 
-    let (status, err) =
-        api.post("/jobs/batch", json!({"jobs": [{"type": "noop"}, {"type": "noop", "priority": 99}]})).await;
+    let (status, err) = api
+        .post(
+            "/jobs/batch",
+            json!({"jobs": [{"type": "noop"}, {"type": "noop", "priority": 99}]}),
+        )
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(err["error"]["message"].as_str().unwrap().contains("jobs[1]"), "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("jobs[1]"),
+        "{err}"
+    );
     let (status, _) = api.post("/jobs/batch", json!({"jobs": []})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (_, list) = api.get("/jobs?limit=500").await;
-    assert_eq!(list["jobs"].as_array().unwrap().len(), 50, "the refused batches wrote nothing");
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        50,
+        "the refused batches wrote nothing"
+    );
 }
 
 #[tokio::test]
 async fn list_filters_and_pages_with_a_cursor() {
     let api = TestApi::start().await;
     for i in 0..5 {
-        api.post("/jobs", json!({"type": "noop", "queue": if i < 3 { "a" } else { "b" }, "tags": ["t"]})).await;
+        api.post(
+            "/jobs",
+            json!({"type": "noop", "queue": if i < 3 { "a" } else { "b" }, "tags": ["t"]}),
+        )
+        .await;
     }
     api.post("/jobs", json!({"type": "other"})).await;
     let (_, page1) = api.get("/jobs?limit=4").await;
@@ -200,11 +289,41 @@ async fn list_filters_and_pages_with_a_cursor() {
     let (_, page2) = api.get(&format!("/jobs?limit=4&cursor={cursor}")).await;
     assert_eq!(page2["jobs"].as_array().unwrap().len(), 2);
     assert!(page2["next_cursor"].is_null());
-    assert_eq!(api.get("/jobs?queue=a").await.1["jobs"].as_array().unwrap().len(), 3);
-    assert_eq!(api.get("/jobs?type=other").await.1["jobs"].as_array().unwrap().len(), 1);
-    assert_eq!(api.get("/jobs?tag=t&status=QUEUED,RUNNING").await.1["jobs"].as_array().unwrap().len(), 5);
-    assert_eq!(api.get("/jobs?created_after=2000-01-01T00:00:00Z").await.1["jobs"].as_array().unwrap().len(), 6);
-    assert_eq!(api.get("/jobs?created_before=2000-01-01T00:00:00Z").await.1["jobs"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        api.get("/jobs?queue=a").await.1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(
+        api.get("/jobs?type=other").await.1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        api.get("/jobs?tag=t&status=QUEUED,RUNNING").await.1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        api.get("/jobs?created_after=2000-01-01T00:00:00Z").await.1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        6
+    );
+    assert_eq!(
+        api.get("/jobs?created_before=2000-01-01T00:00:00Z").await.1["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
     for bad in [
         "/jobs?limit=0",
         "/jobs?limit=501",
@@ -222,17 +341,32 @@ async fn list_filters_and_pages_with_a_cursor() {
 #[tokio::test]
 async fn cancel_then_retry_and_the_409s() {
     let api = TestApi::start().await;
-    let (_, job) = api.post("/jobs", json!({"type": "noop", "delay_seconds": 3600})).await;
+    let (_, job) = api
+        .post("/jobs", json!({"type": "noop", "delay_seconds": 3600}))
+        .await;
     let id = job["job_id"].as_str().unwrap();
     let (status, err) = api.post(&format!("/jobs/{id}/retry"), json!({})).await;
-    assert_eq!((status, error_code(&err)), (StatusCode::CONFLICT, "invalid_status"));
+    assert_eq!(
+        (status, error_code(&err)),
+        (StatusCode::CONFLICT, "invalid_status")
+    );
     let (status, cancelled) = api.post(&format!("/jobs/{id}/cancel"), json!({})).await;
-    assert_eq!((status, cancelled["status"].as_str()), (StatusCode::OK, Some("CANCELLED")));
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (StatusCode::OK, Some("CANCELLED"))
+    );
     let (status, err) = api.post(&format!("/jobs/{id}/cancel"), json!({})).await;
-    assert_eq!((status, error_code(&err)), (StatusCode::CONFLICT, "invalid_status"));
+    assert_eq!(
+        (status, error_code(&err)),
+        (StatusCode::CONFLICT, "invalid_status")
+    );
     let (status, retried) = api.post(&format!("/jobs/{id}/retry"), json!({})).await;
     assert_eq!(
-        (status, retried["status"].as_str(), retried["attempt"].as_i64()),
+        (
+            status,
+            retried["status"].as_str(),
+            retried["attempt"].as_i64()
+        ),
         (StatusCode::OK, Some("QUEUED"), Some(0))
     );
 }
@@ -240,24 +374,38 @@ async fn cancel_then_retry_and_the_409s() {
 #[tokio::test]
 async fn queues_count_by_status_and_pause_and_resume() {
     let api = TestApi::start().await;
-    api.post("/jobs", json!({"type": "noop", "queue": "imports"})).await;
+    api.post("/jobs", json!({"type": "noop", "queue": "imports"}))
+        .await;
     let (status, q) = api.post("/queues/imports/pause", json!({})).await;
-    assert_eq!((status, q["paused"].as_bool()), (StatusCode::OK, Some(true)));
+    assert_eq!(
+        (status, q["paused"].as_bool()),
+        (StatusCode::OK, Some(true))
+    );
     assert_eq!(q["counts"]["QUEUED"], 1);
     let (_, list) = api.get("/queues").await;
-    let imports = list["queues"].as_array().unwrap().iter().find(|q| q["name"] == "imports").unwrap().clone();
+    let imports = list["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "imports")
+        .unwrap()
+        .clone();
     assert_eq!(imports["paused"], true);
     let (_, q) = api.post("/queues/imports/resume", json!({})).await;
     assert_eq!(q["paused"], false);
     let (status, err) = api.post("/queues/bad%20name/pause", json!({})).await;
-    assert_eq!((status, error_code(&err)), (StatusCode::BAD_REQUEST, "invalid_field"));
+    assert_eq!(
+        (status, error_code(&err)),
+        (StatusCode::BAD_REQUEST, "invalid_field")
+    );
 }
 
 #[tokio::test]
 async fn stats_count_by_status_type_and_queue() {
     let api = TestApi::start().await;
     api.post("/jobs", json!({"type": "noop"})).await;
-    api.post("/jobs", json!({"type": "report", "queue": "slow"})).await;
+    api.post("/jobs", json!({"type": "report", "queue": "slow"}))
+        .await;
     let (status, stats) = api.get("/stats").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(stats["counts"]["by_status"]["QUEUED"], 2);
@@ -269,18 +417,33 @@ async fn stats_count_by_status_type_and_queue() {
 #[tokio::test]
 async fn another_tenants_jobs_are_invisible_everywhere() {
     let api = TestApi::start().await;
-    let (_, job) = api.post("/jobs", json!({"type": "noop", "queue": "secret", "unique_key": "k"})).await;
+    let (_, job) = api
+        .post(
+            "/jobs",
+            json!({"type": "noop", "queue": "secret", "unique_key": "k"}),
+        )
+        .await;
     let id = job["job_id"].as_str().unwrap();
     let b = Some(api.key_b.as_str());
-    let (unknown_status, unknown_body) =
-        api.call(Method::GET, "/jobs/job_31c8927959d5442e90e3a6bc5a9188ec", b, None).await;
+    let (unknown_status, unknown_body) = api
+        .call(
+            Method::GET,
+            "/jobs/job_31c8927959d5442e90e3a6bc5a9188ec",
+            b,
+            None,
+        )
+        .await;
     for (method, path) in [
         (Method::GET, format!("/jobs/{id}")),
         (Method::POST, format!("/jobs/{id}/cancel")),
         (Method::POST, format!("/jobs/{id}/retry")),
     ] {
         let (status, body) = api.call(method, &path, b, None).await;
-        assert_eq!((status, &body), (unknown_status, &unknown_body), "{path} answers like an unknown job");
+        assert_eq!(
+            (status, &body),
+            (unknown_status, &unknown_body),
+            "{path} answers like an unknown job"
+        );
     }
     let (_, list) = api.call(Method::GET, "/jobs", b, None).await;
     assert!(list["jobs"].as_array().unwrap().is_empty());
@@ -289,46 +452,105 @@ async fn another_tenants_jobs_are_invisible_everywhere() {
     let (_, stats) = api.call(Method::GET, "/stats", b, None).await;
     assert_eq!(stats["counts"]["by_status"]["QUEUED"], 0);
     // Same unique key, other tenant: a new job, not A's.
-    let (status, theirs) = api.call(Method::POST, "/jobs", b, Some(json!({"type": "noop", "unique_key": "k"}))).await;
+    let (status, theirs) = api
+        .call(
+            Method::POST,
+            "/jobs",
+            b,
+            Some(json!({"type": "noop", "unique_key": "k"})),
+        )
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_ne!(theirs["job_id"], job["job_id"]);
     // B pausing "secret" does not pause A's queue.
-    api.call(Method::POST, "/queues/secret/pause", b, None).await;
+    api.call(Method::POST, "/queues/secret/pause", b, None)
+        .await;
     let (_, a_queues) = api.get("/queues").await;
     assert_eq!(a_queues["queues"][0]["paused"], false);
 }
 
 #[tokio::test]
 async fn rate_limited_tenants_get_429_with_retry_after() {
-    let api =
-        TestApi::with_config(ApiConfig { rate_limit_per_second: 1, rate_limit_burst: 2, ..ApiConfig::default() }).await;
+    let api = TestApi::with_config(ApiConfig {
+        rate_limit_per_second: 1,
+        rate_limit_burst: 2,
+        ..ApiConfig::default()
+    })
+    .await;
     assert_eq!(api.get("/jobs").await.0, StatusCode::OK);
     assert_eq!(api.get("/jobs").await.0, StatusCode::OK);
-    let resp = api.raw().get(format!("{}/jobs", api.base)).bearer_auth(&api.key_a).send().await.unwrap();
+    let resp = api
+        .raw()
+        .get(format!("{}/jobs", api.base))
+        .bearer_auth(&api.key_a)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
-    assert!(resp.headers()[header::RETRY_AFTER].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert!(
+        resp.headers()[header::RETRY_AFTER]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
     assert_eq!(error_code(&resp.json().await.unwrap()), "rate_limited");
     let (status, _) = api.call(Method::GET, "/jobs", Some(&api.key_b), None).await;
-    assert_eq!(status, StatusCode::OK, "other tenants keep their own budget");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "other tenants keep their own budget"
+    );
 }
 
 #[tokio::test]
 async fn dev_mode_serves_requests_without_a_key_as_the_default_tenant() {
-    let api = TestApi::with_config(ApiConfig { dev: true, rate_limit_per_second: 0, ..ApiConfig::default() }).await;
-    let (status, job) = api.call(Method::POST, "/jobs", None, Some(json!({"type": "noop"}))).await;
+    let api = TestApi::with_config(ApiConfig {
+        dev: true,
+        rate_limit_per_second: 0,
+        ..ApiConfig::default()
+    })
+    .await;
+    let (status, job) = api
+        .call(Method::POST, "/jobs", None, Some(json!({"type": "noop"})))
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let (status, _) = api.call(Method::GET, &format!("/jobs/{}", job["job_id"].as_str().unwrap()), None, None).await;
+    let (status, _) = api
+        .call(
+            Method::GET,
+            &format!("/jobs/{}", job["job_id"].as_str().unwrap()),
+            None,
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) =
-        api.call(Method::GET, &format!("/jobs/{}", job["job_id"].as_str().unwrap()), Some(&api.key_a), None).await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "a real key still acts for its own tenant");
+    let (status, _) = api
+        .call(
+            Method::GET,
+            &format!("/jobs/{}", job["job_id"].as_str().unwrap()),
+            Some(&api.key_a),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a real key still acts for its own tenant"
+    );
 }
 
 #[tokio::test]
 async fn health_ready_and_metrics_answer() {
     let api = TestApi::start().await;
-    assert_eq!(api.call(Method::GET, "/health", None, None).await.0, StatusCode::OK);
-    assert_eq!(api.call(Method::GET, "/ready", None, None).await.1["status"], "ready");
+    assert_eq!(
+        api.call(Method::GET, "/health", None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        api.call(Method::GET, "/ready", None, None).await.1["status"],
+        "ready"
+    );
     let (status, _) = api.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -340,22 +562,62 @@ async fn a_database_that_is_down_gets_a_quick_503_not_a_hang() {
         .connect_lazy("postgres://postgres@127.0.0.1:1/none")
         .unwrap();
     let store = std::sync::Arc::new(forklift::PgStore::from_pool(pool));
-    let base = support::serve(store, ApiConfig { dev: true, ..ApiConfig::default() }).await;
+    let base = support::serve(
+        store,
+        ApiConfig {
+            dev: true,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
     let http = reqwest::Client::new();
     let started = std::time::Instant::now();
-    let resp = http.post(format!("{base}/jobs")).json(&json!({"type": "noop"})).send().await.unwrap();
+    let resp = http
+        .post(format!("{base}/jobs"))
+        .json(&json!({"type": "noop"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(error_code(&resp.json().await.unwrap()), "database_unavailable");
-    assert_eq!(http.get(format!("{base}/ready")).send().await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(http.get(format!("{base}/health")).send().await.unwrap().status(), StatusCode::OK);
-    assert!(started.elapsed() < Duration::from_secs(10), "answered without hanging");
+    assert_eq!(
+        error_code(&resp.json().await.unwrap()),
+        "database_unavailable"
+    );
+    assert_eq!(
+        http.get(format!("{base}/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "answered without hanging"
+    );
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_in_the_error_shape() {
     let api = TestApi::start().await;
     let (status, err) = api.get("/nowhere").await;
-    assert_eq!((status, error_code(&err)), (StatusCode::NOT_FOUND, "no_route"));
-    let (status, err) = api.call(Method::DELETE, "/jobs", Some(&api.key_a), None).await;
-    assert_eq!((status, error_code(&err)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    assert_eq!(
+        (status, error_code(&err)),
+        (StatusCode::NOT_FOUND, "no_route")
+    );
+    let (status, err) = api
+        .call(Method::DELETE, "/jobs", Some(&api.key_a), None)
+        .await;
+    assert_eq!(
+        (status, error_code(&err)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
 }

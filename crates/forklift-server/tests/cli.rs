@@ -10,11 +10,20 @@ use serde_json::Value;
 const BIN: &str = env!("CARGO_BIN_EXE_forklift");
 
 fn forklift(db_url: &str, args: &[&str]) -> Output {
-    Command::new(BIN).args(args).env("DATABASE_URL", db_url).env("RUST_LOG", "warn").output().unwrap()
+    Command::new(BIN)
+        .args(args)
+        .env("DATABASE_URL", db_url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap()
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Server {
@@ -46,7 +55,10 @@ impl Server {
 
     /// SIGTERM, then the exit status.
     fn stop(mut self) -> std::process::ExitStatus {
-        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -69,7 +81,11 @@ async fn tenant_create_serve_enqueue_wait_and_sigterm() {
     let schema = forklift_testkit::fresh_schema().await;
     let db = schema.url.clone();
     let out = forklift(&db, &["tenant", "create", "acme", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let created: Value = serde_json::from_slice(&out.stdout).unwrap();
     let key = created["api_key"].as_str().unwrap().to_string();
     assert!(created["tenant_id"].as_str().unwrap().len() == 36 && key.starts_with("fk_"));
@@ -77,23 +93,48 @@ async fn tenant_create_serve_enqueue_wait_and_sigterm() {
     let server = Server::start(&db, &["--shutdown-grace-seconds", "5"]);
     let enqueue = |payload: &str| {
         Command::new(BIN)
-            .args(["enqueue", "simulate", "--payload", payload, "--wait", "--server", &server.url, "--api-key", &key])
+            .args([
+                "enqueue",
+                "simulate",
+                "--payload",
+                payload,
+                "--wait",
+                "--server",
+                &server.url,
+                "--api-key",
+                &key,
+            ])
             .output()
             .unwrap()
     };
     let ok = enqueue(r#"{"steps": 3, "step_ms": 50}"#);
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "SUCCESS");
     let failed = enqueue(r#"{"steps": 0, "fail_attempts": 9, "permanent": true}"#);
     assert_eq!(failed.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&failed.stdout).trim(), "FAILED");
 
-    let jobs = Command::new(BIN).args(["jobs", "--server", &server.url, "--api-key", &key]).output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&jobs.stdout).lines().count(), 3, "a header and two jobs");
+    let jobs = Command::new(BIN)
+        .args(["jobs", "--server", &server.url, "--api-key", &key])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&jobs.stdout).lines().count(),
+        3,
+        "a header and two jobs"
+    );
 
     let list = forklift(&db, &["tenant", "list"]);
     assert!(String::from_utf8_lossy(&list.stdout).contains("acme"));
-    assert!(!String::from_utf8_lossy(&list.stdout).contains(&key), "keys are never shown again");
+    assert!(
+        !String::from_utf8_lossy(&list.stdout).contains(&key),
+        "keys are never shown again"
+    );
 
     assert!(server.stop().success(), "SIGTERM exits 0");
 }
@@ -115,7 +156,14 @@ async fn sigterm_releases_running_jobs_after_the_grace_period() {
     let id = job["job_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let j: Value = http.get(format!("{}/jobs/{id}", server.url)).send().await.unwrap().json().await.unwrap();
+        let j: Value = http
+            .get(format!("{}/jobs/{id}", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if j["status"] == "RUNNING" {
             break;
         }
@@ -124,13 +172,23 @@ async fn sigterm_releases_running_jobs_after_the_grace_period() {
     }
     assert!(server.stop().success());
     let (status, attempt): (String, i32) =
-        sqlx::query_as("select status, attempt from forklift_jobs").fetch_one(&schema.pool).await.unwrap();
-    assert_eq!((status.as_str(), attempt), ("QUEUED", 0), "released without using an attempt");
+        sqlx::query_as("select status, attempt from forklift_jobs")
+            .fetch_one(&schema.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (status.as_str(), attempt),
+        ("QUEUED", 0),
+        "released without using an attempt"
+    );
 }
 
 #[test]
 fn dev_mode_on_a_public_address_is_refused() {
-    let out = Command::new(BIN).args(["serve", "--dev", "--listen", "0.0.0.0:0"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--dev", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("loopback"), "{err}");
@@ -143,18 +201,33 @@ async fn a_taken_port_and_an_unreachable_database_get_clear_messages() {
     let schema = forklift_testkit::fresh_schema().await;
     let out = forklift(&schema.url, &["serve", "--listen", &addr]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("could not listen") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("could not listen") && !err.contains("panicked"),
+        "{err}"
+    );
 
     let out = forklift("postgres://postgres@127.0.0.1:1/none", &["migrate"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("could not connect") && !err.contains("panicked"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("could not connect") && !err.contains("panicked"),
+        "{err}"
+    );
 }
 
 #[test]
 fn help_documents_every_flag_with_its_environment_variable() {
-    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for var in ["DATABASE_URL", "FORKLIFT_LISTEN", "FORKLIFT_CONCURRENCY", "FORKLIFT_DEV", "FORKLIFT_RATE_LIMIT"] {
+    for var in [
+        "DATABASE_URL",
+        "FORKLIFT_LISTEN",
+        "FORKLIFT_CONCURRENCY",
+        "FORKLIFT_DEV",
+        "FORKLIFT_RATE_LIMIT",
+    ] {
         assert!(help.contains(var), "serve --help mentions {var}");
     }
 }

@@ -41,15 +41,26 @@ async fn every_spec_route_is_documented_and_every_documented_route_is_served() {
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let routes = documented(&doc);
-    let mut expected: Vec<(String, String)> = SPEC_ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    let mut expected: Vec<(String, String)> = SPEC_ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
     expected.sort();
     assert_eq!(routes, expected);
     for (method, path) in routes {
-        let concrete = path.replace("{job_id}", "job_31c8927959d5442e90e3a6bc5a9188ec").replace("{name}", "default");
+        let concrete = path
+            .replace("{job_id}", "job_31c8927959d5442e90e3a6bc5a9188ec")
+            .replace("{name}", "default");
         let method: Method = method.to_uppercase().parse().unwrap();
-        let (status, body) = api.call(method.clone(), &concrete, Some(&api.key_a), None).await;
-        let unrouted = body["error"]["code"] == "no_route" || status == StatusCode::METHOD_NOT_ALLOWED;
-        assert!(!unrouted, "{method} {path} is documented but not served: {status} {body}");
+        let (status, body) = api
+            .call(method.clone(), &concrete, Some(&api.key_a), None)
+            .await;
+        let unrouted =
+            body["error"]["code"] == "no_route" || status == StatusCode::METHOD_NOT_ALLOWED;
+        assert!(
+            !unrouted,
+            "{method} {path} is documented but not served: {status} {body}"
+        );
     }
 }
 
@@ -59,10 +70,16 @@ fn every_operation_documents_its_error_answers() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             let responses = op["responses"].as_object().unwrap();
-            assert!(responses.keys().any(|c| c.starts_with('2')), "{method} {path} documents success");
+            assert!(
+                responses.keys().any(|c| c.starts_with('2')),
+                "{method} {path} documents success"
+            );
             if op.get("security").is_some() {
                 for code in ["401", "429", "503"] {
-                    assert!(responses.contains_key(code), "{method} {path} documents {code}");
+                    assert!(
+                        responses.contains_key(code),
+                        "{method} {path} documents {code}"
+                    );
                 }
             }
         }

@@ -55,14 +55,19 @@ impl TestSchema {
 pub async fn fresh_schema() -> TestSchema {
     static CLEANED: AtomicBool = AtomicBool::new(false);
     let base = database_url().await;
-    let mut admin = PgConnection::connect(&base).await.unwrap_or_else(|e| panic!("{base}: {e}"));
+    let mut admin = PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("{base}: {e}"));
     if !CLEANED.swap(true, Ordering::SeqCst) {
         drop_stale_schemas(&mut admin).await;
     }
     let random = uuid::Uuid::new_v4().simple().to_string();
     let name = format!("fl_t_{}_{}", unix_secs(), &random[..8]);
     let create = format!(r#"CREATE SCHEMA "{name}""#);
-    admin.execute(create.as_str()).await.unwrap_or_else(|e| panic!("{create}: {e}"));
+    admin
+        .execute(create.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{create}: {e}"));
     let _ = admin.close().await;
 
     let options = PgConnectOptions::from_str(&base).unwrap_or_else(|e| panic!("{base}: {e}"));
@@ -82,12 +87,17 @@ pub async fn fresh_schema() -> TestSchema {
 /// other test processes may be dropping the same schemas right now.
 async fn drop_stale_schemas(admin: &mut PgConnection) {
     let sql = r"SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'fl\_t\_%'";
-    let names: Vec<String> = sqlx::query_scalar(sql).fetch_all(&mut *admin).await.unwrap_or_default();
+    let names: Vec<String> = sqlx::query_scalar(sql)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
     let cutoff = unix_secs().saturating_sub(3 * 3600);
     for name in names {
         let created = name.split('_').nth(2).and_then(|t| t.parse::<u64>().ok());
         if created.is_some_and(|t| t < cutoff) {
-            let _ = admin.execute(format!(r#"DROP SCHEMA IF EXISTS "{name}" CASCADE"#).as_str()).await;
+            let _ = admin
+                .execute(format!(r#"DROP SCHEMA IF EXISTS "{name}" CASCADE"#).as_str())
+                .await;
         }
     }
 }
@@ -168,7 +178,8 @@ fn lock_dir(dir: &Path) -> File {
         let path = dir.join("lock");
         let file = File::options().create(true).append(true).open(&path);
         let file = file.unwrap_or_else(|e| panic!("cannot open {path:?}: {e}"));
-        file.lock().unwrap_or_else(|e| panic!("cannot lock {path:?}: {e}"));
+        file.lock()
+            .unwrap_or_else(|e| panic!("cannot lock {path:?}: {e}"));
         if fs::metadata(&path).is_ok_and(|m| m.ino() == file.metadata().unwrap().ino()) {
             return file;
         }

@@ -21,12 +21,18 @@ pub struct Client {
 impl Client {
     /// A client for the default tenant (what a single-tenant application wants).
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Client { store, tenant: TenantId::DEFAULT }
+        Client {
+            store,
+            tenant: TenantId::DEFAULT,
+        }
     }
 
     /// The same store, acting for another tenant.
     pub fn for_tenant(&self, tenant: TenantId) -> Client {
-        Client { store: self.store.clone(), tenant }
+        Client {
+            store: self.store.clone(),
+            tenant,
+        }
     }
 
     pub fn tenant(&self) -> TenantId {
@@ -68,12 +74,18 @@ impl Client {
     /// # Ok(()) }
     /// ```
     pub async fn enqueue_in(&self, conn: &mut PgConnection, job: NewJob) -> Result<Inserted> {
-        let mut one = self.enqueue_many_in(conn, std::slice::from_ref(&job)).await?;
+        let mut one = self
+            .enqueue_many_in(conn, std::slice::from_ref(&job))
+            .await?;
         Ok(one.pop().expect("one job in, one result out"))
     }
 
     /// [`Client::enqueue_many`] inside the caller's PostgreSQL transaction.
-    pub async fn enqueue_many_in(&self, conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
+    pub async fn enqueue_many_in(
+        &self,
+        conn: &mut PgConnection,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Inserted>> {
         let inserted = PgStore::job_insert_many_in(conn, self.tenant, jobs).await?;
         count_enqueued(&inserted);
         Ok(inserted)
@@ -111,7 +123,9 @@ impl Client {
 fn count_enqueued(inserted: &[Inserted]) {
     let mut counts: HashMap<(&str, &str), u64> = HashMap::new();
     for i in inserted.iter().filter(|i| i.inserted) {
-        *counts.entry((i.job.job_type.as_str(), i.job.queue.as_str())).or_default() += 1;
+        *counts
+            .entry((i.job.job_type.as_str(), i.job.queue.as_str()))
+            .or_default() += 1;
     }
     for ((job_type, queue), n) in counts {
         metrics::counter!("forklift_jobs_enqueued_total", "type" => job_type.to_string(), "queue" => queue.to_string())

@@ -40,5 +40,6 @@ pub use runtime::{QueueConfig, Worker, WorkerConfig};
 pub use store::postgres::PgStore;
 pub use store::{Cursor, Inserted, JobPage, ListParams, Store};
 pub use worker::{
-    CancelReason, Handler, HandlerResult, ItemError, JobContext, JobError, Outcome, Registry, TypeOptions,
+    CancelReason, Handler, HandlerResult, ItemError, JobContext, JobError, Outcome, Registry,
+    TypeOptions,
 };

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use forklift::{
-    Handler, HandlerResult, JobContext, JobStatus, NewJob, Outcome, Registry, Store, TypeOptions, Worker, builtin,
+    Handler, HandlerResult, JobContext, JobStatus, NewJob, Outcome, Registry, Store, TypeOptions,
+    Worker, builtin,
 };
 use serde_json::json;
 use support::{Db, fast_config, fast_maintenance, quick_backoff, wait_for, wait_status};
@@ -16,7 +17,14 @@ use support::{Db, fast_config, fast_maintenance, quick_backoff, wait_for, wait_s
 fn registry() -> Registry {
     let mut r = Registry::new();
     r.register("noop", builtin::Noop);
-    r.register_with("simulate", builtin::Simulate, TypeOptions { backoff: quick_backoff(), ..TypeOptions::default() });
+    r.register_with(
+        "simulate",
+        builtin::Simulate,
+        TypeOptions {
+            backoff: quick_backoff(),
+            ..TypeOptions::default()
+        },
+    );
     r
 }
 
@@ -29,7 +37,12 @@ async fn worker_runs_a_job_to_success_with_its_result() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let id = client.enqueue(simulate(json!({"steps": 2, "step_ms": 10}))).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(simulate(json!({"steps": 2, "step_ms": 10})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     let job = wait_status(&client, id, JobStatus::Success).await;
     assert_eq!((job.progress, job.attempt), (100, 1));
     assert_eq!(job.result, Some(json!({"steps": 2, "attempt": 1})));
@@ -42,18 +55,25 @@ async fn many_jobs_all_finish_once() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    client.enqueue_many(&vec![NewJob::new("noop", json!({})); 2_000]).await.unwrap();
+    client
+        .enqueue_many(&vec![NewJob::new("noop", json!({})); 2_000])
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let done: i64 =
-            sqlx::query_scalar("select count(*) from forklift_jobs where status = 'SUCCESS' and attempt = 1")
-                .fetch_one(&db.schema.pool)
-                .await
-                .unwrap();
+        let done: i64 = sqlx::query_scalar(
+            "select count(*) from forklift_jobs where status = 'SUCCESS' and attempt = 1",
+        )
+        .fetch_one(&db.schema.pool)
+        .await
+        .unwrap();
         if done == 2_000 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "only {done} of 2000 finished");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {done} of 2000 finished"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     worker.shutdown().await;
@@ -64,11 +84,19 @@ async fn retryable_failures_back_off_and_then_succeed() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let id = client.enqueue(simulate(json!({"steps": 0, "fail_attempts": 2}))).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(simulate(json!({"steps": 0, "fail_attempts": 2})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     let job = wait_status(&client, id, JobStatus::Success).await;
     assert_eq!(job.attempt, 3);
     assert_eq!(
-        job.errors.iter().map(|e| (e.attempt, e.code.as_str())).collect::<Vec<_>>(),
+        job.errors
+            .iter()
+            .map(|e| (e.attempt, e.code.as_str()))
+            .collect::<Vec<_>>(),
         [(1, "simulated"), (2, "simulated")]
     );
     worker.shutdown().await;
@@ -78,14 +106,36 @@ async fn retryable_failures_back_off_and_then_succeed() {
 async fn a_retry_waits_for_its_back_off() {
     let db = Db::new().await;
     let mut reg = Registry::new();
-    let slow = forklift::Backoff { base: Duration::from_secs(3600), cap: Duration::from_secs(3600), jitter: 0.0 };
-    reg.register_with("simulate", builtin::Simulate, TypeOptions { backoff: slow, ..TypeOptions::default() });
+    let slow = forklift::Backoff {
+        base: Duration::from_secs(3600),
+        cap: Duration::from_secs(3600),
+        jitter: 0.0,
+    };
+    reg.register_with(
+        "simulate",
+        builtin::Simulate,
+        TypeOptions {
+            backoff: slow,
+            ..TypeOptions::default()
+        },
+    );
     let worker = Worker::start(db.dyn_store(), reg, fast_config());
     let client = db.client();
-    let id = client.enqueue(simulate(json!({"steps": 0, "fail_attempts": 1}))).await.unwrap().job.job_id;
-    let job = wait_for(&client, id, "first failure", |j| j.status == JobStatus::Queued && j.attempt == 1).await;
+    let id = client
+        .enqueue(simulate(json!({"steps": 0, "fail_attempts": 1})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    let job = wait_for(&client, id, "first failure", |j| {
+        j.status == JobStatus::Queued && j.attempt == 1
+    })
+    .await;
     let wait = job.run_at - job.updated_at;
-    assert!((3590..=3610).contains(&wait.num_seconds()), "run_at is the back-off away: {wait}");
+    assert!(
+        (3590..=3610).contains(&wait.num_seconds()),
+        "run_at is the back-off away: {wait}"
+    );
     worker.shutdown().await;
 }
 
@@ -94,8 +144,12 @@ async fn exhausted_attempts_fail_the_job() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let id =
-        client.enqueue(simulate(json!({"steps": 0, "fail_attempts": 9})).max_attempts(2)).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(simulate(json!({"steps": 0, "fail_attempts": 9})).max_attempts(2))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     let job = wait_status(&client, id, JobStatus::Failed).await;
     assert_eq!((job.attempt, job.errors.len()), (2, 2));
     worker.shutdown().await;
@@ -106,7 +160,12 @@ async fn a_permanent_error_fails_at_once() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let id = client.enqueue(simulate(json!({"steps": 0, "fail_attempts": 1, "permanent": true}))).await.unwrap();
+    let id = client
+        .enqueue(simulate(
+            json!({"steps": 0, "fail_attempts": 1, "permanent": true}),
+        ))
+        .await
+        .unwrap();
     let job = wait_status(&client, id.job.job_id, JobStatus::Failed).await;
     assert_eq!(job.attempt, 1);
     worker.shutdown().await;
@@ -117,9 +176,17 @@ async fn a_payload_that_does_not_fit_fails_permanently() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let id = client.enqueue(simulate(json!({"steps": "many"}))).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(simulate(json!({"steps": "many"})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     let job = wait_status(&client, id, JobStatus::Failed).await;
-    assert_eq!((job.attempt, job.errors[0].code.as_str()), (1, "invalid_payload"));
+    assert_eq!(
+        (job.attempt, job.errors[0].code.as_str()),
+        (1, "invalid_payload")
+    );
     worker.shutdown().await;
 }
 
@@ -128,11 +195,19 @@ async fn a_panic_fails_the_attempt_and_the_worker_goes_on() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let panicking = client.enqueue(simulate(json!({"steps": 0, "panic": true})).max_attempts(1)).await.unwrap();
+    let panicking = client
+        .enqueue(simulate(json!({"steps": 0, "panic": true})).max_attempts(1))
+        .await
+        .unwrap();
     let job = wait_status(&client, panicking.job.job_id, JobStatus::Failed).await;
     assert_eq!(job.errors[0].code, "panic");
     assert!(job.errors[0].message.contains("simulated panic"));
-    let next = client.enqueue(NewJob::new("noop", json!({}))).await.unwrap().job.job_id;
+    let next = client
+        .enqueue(NewJob::new("noop", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     wait_status(&client, next, JobStatus::Success).await;
     worker.shutdown().await;
 }
@@ -142,7 +217,9 @@ async fn an_attempt_past_its_timeout_is_stopped_and_fails() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let job = simulate(json!({"steps": 100, "step_ms": 100})).timeout_seconds(1).max_attempts(1);
+    let job = simulate(json!({"steps": 100, "step_ms": 100}))
+        .timeout_seconds(1)
+        .max_attempts(1);
     let id = client.enqueue(job).await.unwrap().job.job_id;
     let job = wait_status(&client, id, JobStatus::Failed).await;
     assert_eq!(job.errors[0].code, "timeout");
@@ -154,7 +231,12 @@ async fn partial_success_lists_the_failed_items() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let id = client.enqueue(simulate(json!({"steps": 1, "step_ms": 1, "partial": true}))).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(simulate(json!({"steps": 1, "step_ms": 1, "partial": true})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     let job = wait_status(&client, id, JobStatus::PartialSuccess).await;
     assert_eq!(job.errors.len(), 1);
     assert_eq!(job.errors[0].details, json!({"item": 1}));
@@ -181,7 +263,12 @@ async fn a_snooze_runs_again_without_using_an_attempt() {
     reg.register("snoozy", SnoozeOnce(calls.clone()));
     let worker = Worker::start(db.dyn_store(), reg, fast_config());
     let client = db.client();
-    let id = client.enqueue(NewJob::new("snoozy", json!({})).max_attempts(1)).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(NewJob::new("snoozy", json!({})).max_attempts(1))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     let job = wait_status(&client, id, JobStatus::Success).await;
     assert_eq!((job.attempt, calls.load(Ordering::SeqCst)), (1, 2));
     worker.shutdown().await;
@@ -191,14 +278,26 @@ async fn a_snooze_runs_again_without_using_an_attempt() {
 async fn cancelling_a_running_job_reaches_its_handler_from_another_process() {
     let db = Db::new().await;
     // Leases are renewed rarely here, so only the NOTIFY can carry the cancel in time.
-    let config = forklift::WorkerConfig { heartbeat_interval: Duration::from_secs(60), ..fast_config() };
+    let config = forklift::WorkerConfig {
+        heartbeat_interval: Duration::from_secs(60),
+        ..fast_config()
+    };
     let worker = Worker::start(db.dyn_store(), registry(), config);
     let other: Arc<dyn forklift::Store> = Arc::new(db.other_process().await);
     let client = forklift::Client::new(other);
-    let id = client.enqueue(simulate(json!({"steps": 1000, "step_ms": 50}))).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(simulate(json!({"steps": 1000, "step_ms": 50})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     wait_status(&client, id, JobStatus::Running).await;
     let asked = client.cancel(id).await.unwrap();
-    assert_eq!(asked.status, JobStatus::Running, "a running job is asked, not forced");
+    assert_eq!(
+        asked.status,
+        JobStatus::Running,
+        "a running job is asked, not forced"
+    );
     let job = wait_status(&client, id, JobStatus::Cancelled).await;
     assert!(job.completed_at.is_some());
     assert_eq!(worker.running(), 0);
@@ -210,7 +309,12 @@ async fn shutdown_lets_short_jobs_finish() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let id = client.enqueue(simulate(json!({"steps": 3, "step_ms": 100}))).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(simulate(json!({"steps": 3, "step_ms": 100})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     wait_status(&client, id, JobStatus::Running).await;
     worker.shutdown().await;
     assert_eq!(client.get(id).await.unwrap().status, JobStatus::Success);
@@ -232,11 +336,24 @@ async fn shutdown_releases_jobs_still_running_after_the_grace_without_using_an_a
     let db = Db::new().await;
     let mut reg = registry();
     reg.register("stubborn", Stubborn);
-    let config = forklift::WorkerConfig { shutdown_grace: Duration::from_millis(300), ..fast_config() };
+    let config = forklift::WorkerConfig {
+        shutdown_grace: Duration::from_millis(300),
+        ..fast_config()
+    };
     let worker = Worker::start(db.dyn_store(), reg, config);
     let client = db.client();
-    let polite = client.enqueue(simulate(json!({"steps": 1000, "step_ms": 50}))).await.unwrap().job.job_id;
-    let stubborn = client.enqueue(NewJob::new("stubborn", json!({}))).await.unwrap().job.job_id;
+    let polite = client
+        .enqueue(simulate(json!({"steps": 1000, "step_ms": 50})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    let stubborn = client
+        .enqueue(NewJob::new("stubborn", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     wait_status(&client, polite, JobStatus::Running).await;
     wait_status(&client, stubborn, JobStatus::Running).await;
     worker.shutdown().await;
@@ -245,10 +362,11 @@ async fn shutdown_releases_jobs_still_running_after_the_grace_without_using_an_a
         assert_eq!((job.status, job.attempt), (JobStatus::Queued, 0), "{id}");
         assert!(job.errors.is_empty());
     }
-    let running: i64 = sqlx::query_scalar("select count(*) from forklift_jobs where status = 'RUNNING'")
-        .fetch_one(&db.schema.pool)
-        .await
-        .unwrap();
+    let running: i64 =
+        sqlx::query_scalar("select count(*) from forklift_jobs where status = 'RUNNING'")
+            .fetch_one(&db.schema.pool)
+            .await
+            .unwrap();
     assert_eq!(running, 0, "nothing is left RUNNING");
 }
 
@@ -256,7 +374,12 @@ async fn shutdown_releases_jobs_still_running_after_the_grace_without_using_an_a
 async fn a_job_whose_worker_vanished_is_rescued_and_run_by_another() {
     let db = Db::new().await;
     let client = db.client();
-    let id = client.enqueue(NewJob::new("noop", json!({}))).await.unwrap().job.job_id;
+    let id = client
+        .enqueue(NewJob::new("noop", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     // A worker that leases the job with a short lease and then vanishes (never renews).
     let params = forklift::store::FetchParams {
         queue: "default".into(),
@@ -265,8 +388,14 @@ async fn a_job_whose_worker_vanished_is_rescued_and_run_by_another() {
         worker_id: "vanished".into(),
         lease_ttl: Duration::from_millis(300),
     };
-    assert_eq!(db.store.job_fetch_available(&params).await.unwrap().len(), 1);
-    let config = forklift::WorkerConfig { maintenance: Some(fast_maintenance()), ..fast_config() };
+    assert_eq!(
+        db.store.job_fetch_available(&params).await.unwrap().len(),
+        1
+    );
+    let config = forklift::WorkerConfig {
+        maintenance: Some(fast_maintenance()),
+        ..fast_config()
+    };
     let worker = Worker::start(db.dyn_store(), registry(), config);
     let job = wait_status(&client, id, JobStatus::Success).await;
     assert_eq!(job.attempt, 2);
@@ -279,8 +408,16 @@ async fn progress_is_written_while_the_handler_runs() {
     let db = Db::new().await;
     let worker = Worker::start(db.dyn_store(), registry(), fast_config());
     let client = db.client();
-    let id = client.enqueue(simulate(json!({"steps": 50, "step_ms": 40}))).await.unwrap().job.job_id;
-    let job = wait_for(&client, id, "progress mid-way", |j| j.status == JobStatus::Running && j.progress > 0).await;
+    let id = client
+        .enqueue(simulate(json!({"steps": 50, "step_ms": 40})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    let job = wait_for(&client, id, "progress mid-way", |j| {
+        j.status == JobStatus::Running && j.progress > 0
+    })
+    .await;
     assert!(job.progress < 100);
     wait_status(&client, id, JobStatus::Success).await;
     worker.shutdown().await;
@@ -290,17 +427,30 @@ async fn progress_is_written_while_the_handler_runs() {
 async fn a_dead_listener_is_replaced_and_wake_ups_resume() {
     let db = Db::new().await;
     // Polling is slow here, so a job started quickly proves the wake-up path works.
-    let config = forklift::WorkerConfig { poll_interval: Duration::from_secs(600), ..fast_config() };
+    let config = forklift::WorkerConfig {
+        poll_interval: Duration::from_secs(600),
+        ..fast_config()
+    };
     let worker = Worker::start(db.dyn_store(), registry(), config);
     let client = db.client();
-    let first = client.enqueue(NewJob::new("noop", json!({}))).await.unwrap().job.job_id;
+    let first = client
+        .enqueue(NewJob::new("noop", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     wait_status(&client, first, JobStatus::Success).await;
     db.sql("select pg_terminate_backend(pid) from pg_stat_activity where query ilike 'LISTEN%' and pid <> pg_backend_pid()")
         .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Enqueued from another process, so only a NOTIFY can wake this worker.
     let other = forklift::Client::new(Arc::new(db.other_process().await));
-    let second = other.enqueue(NewJob::new("noop", json!({}))).await.unwrap().job.job_id;
+    let second = other
+        .enqueue(NewJob::new("noop", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
     wait_status(&client, second, JobStatus::Success).await;
     worker.shutdown().await;
 }
@@ -309,19 +459,33 @@ async fn a_dead_listener_is_replaced_and_wake_ups_resume() {
 async fn per_type_concurrency_is_respected() {
     let db = Db::new().await;
     let mut reg = Registry::new();
-    reg.register_with("simulate", builtin::Simulate, TypeOptions { concurrency: Some(2), ..TypeOptions::default() });
+    reg.register_with(
+        "simulate",
+        builtin::Simulate,
+        TypeOptions {
+            concurrency: Some(2),
+            ..TypeOptions::default()
+        },
+    );
     let worker = Worker::start(db.dyn_store(), reg, fast_config());
     let client = db.client();
-    client.enqueue_many(&vec![simulate(json!({"steps": 4, "step_ms": 50})); 8]).await.unwrap();
+    client
+        .enqueue_many(&vec![simulate(json!({"steps": 4, "step_ms": 50})); 8])
+        .await
+        .unwrap();
     let mut max_seen = 0;
     for _ in 0..40 {
-        let running: i64 = sqlx::query_scalar("select count(*) from forklift_jobs where status = 'RUNNING'")
-            .fetch_one(&db.schema.pool)
-            .await
-            .unwrap();
+        let running: i64 =
+            sqlx::query_scalar("select count(*) from forklift_jobs where status = 'RUNNING'")
+                .fetch_one(&db.schema.pool)
+                .await
+                .unwrap();
         max_seen = max_seen.max(running);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert!((1..=2).contains(&max_seen), "at most 2 at once, saw {max_seen}");
+    assert!(
+        (1..=2).contains(&max_seen),
+        "at most 2 at once, saw {max_seen}"
+    );
     worker.shutdown().await;
 }

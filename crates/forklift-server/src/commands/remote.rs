@@ -25,7 +25,12 @@ impl Api {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(k) = &self.key {
             req = req.bearer_auth(k);
@@ -33,7 +38,10 @@ impl Api {
         if let Some(b) = body {
             req = req.json(&b);
         }
-        let resp = req.send().await.with_context(|| format!("could not reach the server at {}", self.base))?;
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("could not reach the server at {}", self.base))?;
         let status = resp.status();
         let body: Value = resp.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
@@ -44,7 +52,8 @@ impl Api {
     }
 
     async fn job(&self, id: &str) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::GET, &format!("/jobs/{id}"), None).await
+        self.call(reqwest::Method::GET, &format!("/jobs/{id}"), None)
+            .await
     }
 }
 
@@ -59,7 +68,8 @@ pub fn exit_code(status: &str) -> i32 {
 
 pub async fn enqueue(args: EnqueueArgs) -> anyhow::Result<i32> {
     let api = Api::new(&args.server);
-    let payload: Value = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let payload: Value =
+        serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
     let mut body = json!({ "type": args.job_type, "payload": payload });
     if let Some(q) = args.queue {
         body["queue"] = json!(q);
@@ -68,14 +78,19 @@ pub async fn enqueue(args: EnqueueArgs) -> anyhow::Result<i32> {
         body["priority"] = json!(p);
     }
     let job = api.call(reqwest::Method::POST, "/jobs", Some(body)).await?;
-    let id = job["job_id"].as_str().context("the server answered without a job_id")?.to_string();
+    let id = job["job_id"]
+        .as_str()
+        .context("the server answered without a job_id")?
+        .to_string();
     if !args.wait {
         println!("{id}");
         return Ok(0);
     }
     eprintln!("{id}");
     let bar = ProgressBar::new(100);
-    bar.set_style(ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}").expect("static template"));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos:>3}% {msg}").expect("static template"),
+    );
     loop {
         let job = api.job(&id).await?;
         let status = job["status"].as_str().unwrap_or("?").to_string();
@@ -103,7 +118,10 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
     let mut last = String::new();
     loop {
         let status = job["status"].as_str().unwrap_or("?").to_string();
-        let line = format!("{status} progress={} attempt={}", job["progress"], job["attempt"]);
+        let line = format!(
+            "{status} progress={} attempt={}",
+            job["progress"], job["attempt"]
+        );
         if line != last {
             println!("{} {line}", chrono::Utc::now().format("%H:%M:%S%.3f"));
             last = line;
@@ -119,13 +137,23 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<i32> {
 pub async fn jobs(args: JobsArgs) -> anyhow::Result<i32> {
     let api = Api::new(&args.server);
     let mut query = vec![("limit", args.limit.to_string())];
-    for (k, v) in [("status", args.status), ("type", args.job_type), ("queue", args.queue)] {
+    for (k, v) in [
+        ("status", args.status),
+        ("type", args.job_type),
+        ("queue", args.queue),
+    ] {
         if let Some(v) = v {
             query.push((k, v));
         }
     }
-    let qs = query.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&");
-    let page = api.call(reqwest::Method::GET, &format!("/jobs?{qs}"), None).await?;
+    let qs = query
+        .iter()
+        .map(|(k, v)| format!("{k}={}", urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let page = api
+        .call(reqwest::Method::GET, &format!("/jobs?{qs}"), None)
+        .await?;
     println!(
         "{:<36}  {:<20}  {:<10}  {:<15}  {:>4}  {:>7}  CREATED",
         "JOB_ID", "TYPE", "QUEUE", "STATUS", "PROG", "ATTEMPT"
@@ -149,7 +177,9 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<i32> {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

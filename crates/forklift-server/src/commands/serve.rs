@@ -16,10 +16,15 @@ use crate::http::{ApiConfig, AppState, router};
 
 fn worker_config(args: &WorkerArgs) -> WorkerConfig {
     WorkerConfig {
-        queues: args.queues.iter().map(|q| QueueConfig::new(q.trim(), args.concurrency)).collect(),
+        queues: args
+            .queues
+            .iter()
+            .map(|q| QueueConfig::new(q.trim(), args.concurrency))
+            .collect(),
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         maintenance: Some(MaintenanceConfig {
-            retention: (args.retention_days > 0).then(|| Duration::from_secs(args.retention_days * 86_400)),
+            retention: (args.retention_days > 0)
+                .then(|| Duration::from_secs(args.retention_days * 86_400)),
             ..MaintenanceConfig::default()
         }),
         ..WorkerConfig::default()
@@ -49,8 +54,8 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
         tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} }
     }
     #[cfg(not(unix))]
@@ -59,7 +64,9 @@ async fn shutdown_signal() {
 }
 
 fn install_metrics() -> anyhow::Result<PrometheusHandle> {
-    let buckets = [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0];
+    let buckets = [
+        0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0,
+    ];
     PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)?
         .install_recorder()
@@ -75,7 +82,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .with_context(|| format!("could not listen on {} (is another server using the port?)", args.listen))?;
+        .with_context(|| {
+            format!(
+                "could not listen on {} (is another server using the port?)",
+                args.listen
+            )
+        })?;
     let store = open_store(&args.worker.db.database_url).await?;
     let metrics = install_metrics()?;
     let config = ApiConfig {
@@ -86,10 +98,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ..ApiConfig::default()
     };
     let state = AppState::new(Client::new(store.clone()), config, Some(metrics));
-    let worker = if args.no_workers { None } else { Some(start_worker(store, &args.worker)?) };
+    let worker = if args.no_workers {
+        None
+    } else {
+        Some(start_worker(store, &args.worker)?)
+    };
     let stop = CancellationToken::new();
     tracing::info!(listen = %args.listen, dev = args.dev, "serving the Jobs API");
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let server =
+        axum::serve(listener, router(state)).with_graceful_shutdown(stop.clone().cancelled_owned());
     let server = tokio::spawn(async move { server.await });
     shutdown_signal().await;
     stop.cancel();

@@ -24,14 +24,20 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<()> {
         TenantCommand::List { db } => {
             let store = open_store(&db.database_url).await?;
             let keys = store.api_key_list().await?;
-            println!("{:<36}  {:<24}  {:<11}  {:<20}  REVOKED", "TENANT_ID", "NAME", "KEY_PREFIX", "KEY_CREATED");
+            println!(
+                "{:<36}  {:<24}  {:<11}  {:<20}  REVOKED",
+                "TENANT_ID", "NAME", "KEY_PREFIX", "KEY_CREATED"
+            );
             for t in store.tenant_list().await? {
                 let mine: Vec<_> = keys.iter().filter(|k| k.tenant_id == t.tenant_id).collect();
                 if mine.is_empty() {
                     println!("{:<36}  {:<24}  {:<11}", t.tenant_id, t.name, "-");
                 }
                 for k in mine {
-                    let revoked = k.revoked_at.map(|r| r.format("%Y-%m-%d %H:%M").to_string()).unwrap_or_default();
+                    let revoked = k
+                        .revoked_at
+                        .map(|r| r.format("%Y-%m-%d %H:%M").to_string())
+                        .unwrap_or_default();
                     println!(
                         "{:<36}  {:<24}  fk_{:<8}  {:<20}  {revoked}",
                         t.tenant_id,
@@ -56,12 +62,20 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<()> {
 }
 
 async fn find(store: &dyn Store, name: &str) -> anyhow::Result<forklift::store::Tenant> {
-    store.tenant_list().await?.into_iter().find(|t| t.name == name).with_context(|| format!("no tenant named `{name}`"))
+    store
+        .tenant_list()
+        .await?
+        .into_iter()
+        .find(|t| t.name == name)
+        .with_context(|| format!("no tenant named `{name}`"))
 }
 
 fn print_key(json: bool, tenant_id: &str, key: &str) {
     if json {
-        println!("{}", serde_json::json!({ "tenant_id": tenant_id, "api_key": key }));
+        println!(
+            "{}",
+            serde_json::json!({ "tenant_id": tenant_id, "api_key": key })
+        );
     } else {
         println!("tenant_id: {tenant_id}");
         println!("api_key:   {key}");

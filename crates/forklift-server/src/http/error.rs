@@ -32,7 +32,12 @@ pub struct ErrorDetail {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), retry_after: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -52,7 +57,9 @@ impl From<forklift::Error> for ApiError {
                 ApiError::bad_request("invalid_field", format!("invalid `{field}`: {message}"))
             }
             forklift::Error::NotFound => ApiError::not_found(),
-            forklift::Error::Conflict { message, .. } => ApiError::new(StatusCode::CONFLICT, "invalid_status", message),
+            forklift::Error::Conflict { message, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "invalid_status", message)
+            }
             forklift::Error::Database(e) => {
                 tracing::error!(error = %e, "database error");
                 ApiError::new(
@@ -75,10 +82,17 @@ impl From<forklift::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_string(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }

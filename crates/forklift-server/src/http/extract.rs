@@ -25,13 +25,24 @@ impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
                 "unsupported_media_type",
                 "send the body as JSON with `Content-Type: application/json`",
             )),
-            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::bad_request("malformed_json", e.body_text())),
-            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::bad_request("invalid_field", e.body_text())),
-            Err(JsonRejection::BytesRejection(e)) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body is over the limit of {} bytes", state.config.max_body_bytes),
-            )),
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(ApiError::bad_request("malformed_json", e.body_text()))
+            }
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::bad_request("invalid_field", e.body_text()))
+            }
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "the body is over the limit of {} bytes",
+                        state.config.max_body_bytes
+                    ),
+                ))
+            }
             Err(e) => Err(ApiError::bad_request("bad_request", e.body_text())),
         }
     }
@@ -49,14 +60,20 @@ impl FromRequestParts<AppState> for Tenant {
         let tenant = match header {
             None if state.config.dev => TenantId::DEFAULT,
             None => {
-                return Err(ApiError::unauthorized("send `Authorization: Bearer <api key>`"));
+                return Err(ApiError::unauthorized(
+                    "send `Authorization: Bearer <api key>`",
+                ));
             }
             Some(value) => {
                 let key = value
                     .to_str()
                     .ok()
                     .and_then(|v| v.strip_prefix("Bearer "))
-                    .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <api key>`"))?;
+                    .ok_or_else(|| {
+                        ApiError::unauthorized(
+                            "the Authorization header must be `Bearer <api key>`",
+                        )
+                    })?;
                 state
                     .keys
                     .tenant_of(key.trim())

@@ -25,10 +25,12 @@ fn parse_id(id: &str) -> Result<JobId, ApiError> {
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.to_string()))
-            .map_err(|_| ApiError::bad_request("invalid_field", "invalid `Idempotency-Key`: must be visible ASCII")),
+        Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| {
+            ApiError::bad_request(
+                "invalid_field",
+                "invalid `Idempotency-Key`: must be visible ASCII",
+            )
+        }),
     }
 }
 
@@ -49,7 +51,11 @@ pub async fn enqueue(
 ) -> Result<impl IntoResponse, ApiError> {
     let job = req.into_new_job(idempotency_key(&headers)?)?;
     let inserted = client(&state, tenant).enqueue(job).await?;
-    let status = if inserted.inserted { StatusCode::ACCEPTED } else { StatusCode::OK };
+    let status = if inserted.inserted {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, axum::Json(JobView::from(inserted.job))))
 }
 
@@ -65,13 +71,21 @@ pub async fn enqueue_batch(
     ApiJson(req): ApiJson<BatchRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
-        return Err(ApiError::bad_request("invalid_field", format!("invalid `jobs`: send 1 to {MAX_BATCH} jobs")));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("invalid `jobs`: send 1 to {MAX_BATCH} jobs"),
+        ));
     }
     let jobs = req
         .jobs
         .into_iter()
         .enumerate()
-        .map(|(i, r)| r.into_new_job(None).map_err(|e| ApiError { message: format!("jobs[{i}]: {}", e.message), ..e }))
+        .map(|(i, r)| {
+            r.into_new_job(None).map_err(|e| ApiError {
+                message: format!("jobs[{i}]: {}", e.message),
+                ..e
+            })
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let inserted = client(&state, tenant).enqueue_many(&jobs).await?;
     let job_ids = inserted.iter().map(|i| i.job.job_id.to_string()).collect();
@@ -128,15 +142,23 @@ pub async fn list(
             .split(',')
             .map(|st| st.trim().parse::<JobStatus>())
             .collect::<Result<_, _>>()
-            .map_err(|e| ApiError::bad_request("invalid_field", format!("invalid `status`: {e}")))?,
+            .map_err(|e| {
+                ApiError::bad_request("invalid_field", format!("invalid `status`: {e}"))
+            })?,
     };
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_field", "invalid `limit`: must be from 1 to 500"));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            "invalid `limit`: must be from 1 to 500",
+        ));
     }
     let cursor = match &q.cursor {
         None => None,
-        Some(c) => Some(Cursor::decode(c).ok_or_else(|| ApiError::bad_request("invalid_field", "invalid `cursor`"))?),
+        Some(c) => Some(
+            Cursor::decode(c)
+                .ok_or_else(|| ApiError::bad_request("invalid_field", "invalid `cursor`"))?,
+        ),
     };
     let params = ListParams {
         statuses,

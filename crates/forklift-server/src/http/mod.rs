@@ -65,7 +65,10 @@ impl AppState {
     pub fn new(client: Client, config: ApiConfig, metrics: Option<PrometheusHandle>) -> Self {
         AppState {
             keys: Arc::new(KeyCache::new(client.store().clone(), config.key_cache_ttl)),
-            limiter: Arc::new(Limiter::new(config.rate_limit_per_second, config.rate_limit_burst)),
+            limiter: Arc::new(Limiter::new(
+                config.rate_limit_per_second,
+                config.rate_limit_burst,
+            )),
             config: Arc::new(config),
             client,
             metrics,
@@ -88,7 +91,12 @@ impl utoipa::Modify for BearerAuth {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("API key").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("API key")
+                    .build(),
+            ),
         );
     }
 }

@@ -54,7 +54,13 @@ pub struct ErrorView {
 
 impl From<ErrorEntry> for ErrorView {
     fn from(e: ErrorEntry) -> Self {
-        ErrorView { message: e.message, code: e.code, attempt: e.attempt, at: e.at, details: e.details }
+        ErrorView {
+            message: e.message,
+            code: e.code,
+            attempt: e.attempt,
+            at: e.at,
+            details: e.details,
+        }
     }
 }
 
@@ -70,7 +76,11 @@ impl From<Job> for JobView {
             payload: j.payload,
             result: j.result,
             result_url: j.result_url,
-            errors: if j.errors.is_empty() { None } else { Some(j.errors.into_iter().map(Into::into).collect()) },
+            errors: if j.errors.is_empty() {
+                None
+            } else {
+                Some(j.errors.into_iter().map(Into::into).collect())
+            },
             attempt: j.attempt,
             max_attempts: j.max_attempts,
             run_at: j.run_at,
@@ -137,7 +147,10 @@ impl EnqueueRequest {
                 "invalid `depends_on`: job dependencies are not supported yet",
             ));
         }
-        let mut job = NewJob::new(self.job_type, self.payload.unwrap_or_else(|| serde_json::json!({})));
+        let mut job = NewJob::new(
+            self.job_type,
+            self.payload.unwrap_or_else(|| serde_json::json!({})),
+        );
         if let Some(q) = self.queue {
             job.queue = q;
         }
@@ -147,7 +160,10 @@ impl EnqueueRequest {
         job.run_at = self.run_at;
         if let Some(d) = self.delay_seconds {
             if !(d.is_finite() && d >= 0.0) {
-                return Err(ApiError::bad_request("invalid_field", "invalid `delay_seconds`: must be a number ≥ 0"));
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    "invalid `delay_seconds`: must be a number ≥ 0",
+                ));
             }
             job.delay = Some(std::time::Duration::from_secs_f64(d.min(1e10)));
         }

@@ -19,7 +19,9 @@ pub struct Health {
 /// The process is up.
 #[utoipa::path(get, path = "/health", tag = "ops", responses((status = 200, body = Health)))]
 pub async fn health() -> axum::Json<Health> {
-    axum::Json(Health { status: "ok".into() })
+    axum::Json(Health {
+        status: "ok".into(),
+    })
 }
 
 /// The database answers.
@@ -27,7 +29,9 @@ pub async fn health() -> axum::Json<Health> {
     responses((status = 200, body = Health), (status = 503, body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Result<axum::Json<Health>, ApiError> {
     state.client.store().ping().await?;
-    Ok(axum::Json(Health { status: "ready".into() }))
+    Ok(axum::Json(Health {
+        status: "ready".into(),
+    }))
 }
 
 /// Prometheus text format: jobs enqueued and finished by type, queue and status; queue
@@ -45,6 +49,14 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         }
         Err(e) => tracing::warn!(error = %e, "could not read queue depth for metrics"),
     }
-    let body = state.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    let body = state
+        .metrics
+        .as_ref()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        body,
+    )
 }

@@ -30,7 +30,10 @@ pub struct QueueList {
 }
 
 fn zero_counts() -> BTreeMap<String, i64> {
-    JobStatus::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect()
+    JobStatus::ALL
+        .iter()
+        .map(|s| (s.as_str().to_string(), 0))
+        .collect()
 }
 
 async fn queue_views(state: &AppState, tenant: Tenant) -> Result<Vec<QueueView>, ApiError> {
@@ -47,7 +50,12 @@ async fn queue_views(state: &AppState, tenant: Tenant) -> Result<Vec<QueueView>,
     };
     for c in &counts {
         entry(&mut queues, &c.queue);
-        *queues.get_mut(&c.queue).unwrap().counts.get_mut(c.status.as_str()).unwrap() += c.count;
+        *queues
+            .get_mut(&c.queue)
+            .unwrap()
+            .counts
+            .get_mut(c.status.as_str())
+            .unwrap() += c.count;
     }
     for p in &paused {
         entry(&mut queues, p);
@@ -60,8 +68,13 @@ async fn queue_views(state: &AppState, tenant: Tenant) -> Result<Vec<QueueView>,
     responses((status = 200, body = QueueList), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
-pub async fn list(State(state): State<AppState>, tenant: Tenant) -> Result<axum::Json<QueueList>, ApiError> {
-    Ok(axum::Json(QueueList { queues: queue_views(&state, tenant).await? }))
+pub async fn list(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<axum::Json<QueueList>, ApiError> {
+    Ok(axum::Json(QueueList {
+        queues: queue_views(&state, tenant).await?,
+    }))
 }
 
 async fn set_paused(
@@ -78,8 +91,14 @@ async fn set_paused(
         client.resume_queue(&name).await?
     };
     let views = queue_views(&state, tenant).await?;
-    let view =
-        views.into_iter().find(|q| q.name == name).unwrap_or(QueueView { name, paused: false, counts: zero_counts() });
+    let view = views
+        .into_iter()
+        .find(|q| q.name == name)
+        .unwrap_or(QueueView {
+            name,
+            paused: false,
+            counts: zero_counts(),
+        });
     Ok(axum::Json(view))
 }
 
@@ -153,26 +172,53 @@ const STATS_WINDOW: Duration = Duration::from_secs(3600);
     responses((status = 200, body = StatsView), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
-pub async fn stats(State(state): State<AppState>, tenant: Tenant) -> Result<axum::Json<StatsView>, ApiError> {
+pub async fn stats(
+    State(state): State<AppState>,
+    tenant: Tenant,
+) -> Result<axum::Json<StatsView>, ApiError> {
     let store = state.client.store();
     let rows = store.job_counts(tenant.0).await?;
     let recent = store.job_stats_recent(tenant.0, STATS_WINDOW).await?;
-    let mut counts = Counts { by_status: zero_counts(), by_type: BTreeMap::new(), by_queue: BTreeMap::new() };
+    let mut counts = Counts {
+        by_status: zero_counts(),
+        by_type: BTreeMap::new(),
+        by_queue: BTreeMap::new(),
+    };
     for r in rows {
         let st = r.status.as_str().to_string();
         *counts.by_status.entry(st.clone()).or_default() += r.count;
-        *counts.by_type.entry(r.job_type).or_insert_with(zero_counts).entry(st.clone()).or_default() += r.count;
-        *counts.by_queue.entry(r.queue).or_insert_with(zero_counts).entry(st).or_default() += r.count;
+        *counts
+            .by_type
+            .entry(r.job_type)
+            .or_insert_with(zero_counts)
+            .entry(st.clone())
+            .or_default() += r.count;
+        *counts
+            .by_queue
+            .entry(r.queue)
+            .or_insert_with(zero_counts)
+            .entry(st)
+            .or_default() += r.count;
     }
     Ok(axum::Json(StatsView {
         counts,
         per_minute: recent
             .per_minute
             .into_iter()
-            .map(|m| Minute { minute: m.minute, completed: m.completed, failed: m.failed })
+            .map(|m| Minute {
+                minute: m.minute,
+                completed: m.completed,
+                failed: m.failed,
+            })
             .collect(),
-        wait_seconds: Percentiles { p50: recent.wait_p50, p95: recent.wait_p95 },
-        run_seconds: Percentiles { p50: recent.run_p50, p95: recent.run_p95 },
+        wait_seconds: Percentiles {
+            p50: recent.wait_p50,
+            p95: recent.wait_p95,
+        },
+        run_seconds: Percentiles {
+            p50: recent.run_p50,
+            p95: recent.run_p95,
+        },
         window_seconds: STATS_WINDOW.as_secs(),
     }))
 }

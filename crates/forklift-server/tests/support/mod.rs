@@ -32,7 +32,11 @@ pub async fn serve(store: Arc<dyn Store>, config: ApiConfig) -> String {
 
 impl TestApi {
     pub async fn start() -> TestApi {
-        Self::with_config(ApiConfig { rate_limit_per_second: 0, ..ApiConfig::default() }).await
+        Self::with_config(ApiConfig {
+            rate_limit_per_second: 0,
+            ..ApiConfig::default()
+        })
+        .await
     }
 
     pub async fn with_config(config: ApiConfig) -> TestApi {
@@ -44,7 +48,14 @@ impl TestApi {
         let key_a = issue_key(&*store, a.tenant_id).await.unwrap().key;
         let key_b = issue_key(&*store, b.tenant_id).await.unwrap().key;
         let base = serve(store.clone(), config).await;
-        TestApi { schema, store, base, key_a, key_b, http: reqwest::Client::new() }
+        TestApi {
+            schema,
+            store,
+            base,
+            key_a,
+            key_b,
+            http: reqwest::Client::new(),
+        }
     }
 
     /// Sends a request as the holder of `key` (None: no Authorization header).
@@ -65,7 +76,10 @@ impl TestApi {
         let resp = req.send().await.unwrap();
         let status = resp.status();
         let text = resp.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -73,7 +87,8 @@ impl TestApi {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.call(Method::POST, path, Some(&self.key_a), Some(body)).await
+        self.call(Method::POST, path, Some(&self.key_a), Some(body))
+            .await
     }
 
     pub fn raw(&self) -> &reqwest::Client {
@@ -83,6 +98,11 @@ impl TestApi {
 
 /// Asserts the SPEC §5 error shape and returns the code.
 pub fn error_code(body: &Value) -> &str {
-    assert!(body["error"]["message"].is_string(), "error body has a message: {body}");
-    body["error"]["code"].as_str().unwrap_or_else(|| panic!("error body has a code: {body}"))
+    assert!(
+        body["error"]["message"].is_string(),
+        "error body has a message: {body}"
+    );
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("error body has a code: {body}"))
 }

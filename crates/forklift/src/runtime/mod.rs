@@ -37,7 +37,10 @@ pub struct QueueConfig {
 
 impl QueueConfig {
     pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
-        QueueConfig { name: name.into(), concurrency }
+        QueueConfig {
+            name: name.into(),
+            concurrency,
+        }
     }
 }
 
@@ -83,9 +86,19 @@ impl Default for WorkerConfig {
 }
 
 fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    let host = if host.is_empty() { "worker".to_string() } else { host };
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "worker".to_string()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 /// A running worker. Call [`Worker::shutdown`] to stop it gracefully; dropping it
@@ -109,7 +122,11 @@ impl Worker {
         let completer = tokio::spawn(completer::run(store.clone(), rx));
         let shared = Arc::new(Shared {
             store: store.clone(),
-            handlers: registry.handlers.into_iter().map(|(k, v)| (k, Arc::new(v))).collect::<HashMap<_, _>>(),
+            handlers: registry
+                .handlers
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect::<HashMap<_, _>>(),
             running: Arc::new(Running::default()),
             completions: tx,
             tasks: TaskTracker::new(),
@@ -118,8 +135,11 @@ impl Worker {
             poll_interval: config.poll_interval,
             lease_ttl: config.lease_ttl,
         });
-        let queues: Vec<Arc<QueueState>> =
-            config.queues.iter().map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1))).collect();
+        let queues: Vec<Arc<QueueState>> = config
+            .queues
+            .iter()
+            .map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1)))
+            .collect();
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let keeper = Arc::new(Keeper {
@@ -134,7 +154,9 @@ impl Worker {
             tokio::spawn(keeper.clone().renew(stop_background.clone())),
             tokio::spawn(keeper.listen(stop_background.clone())),
         ];
-        let maintainer = config.maintenance.map(|m| Arc::new(Maintainer::new(store.clone(), config.id.clone(), m)));
+        let maintainer = config
+            .maintenance
+            .map(|m| Arc::new(Maintainer::new(store.clone(), config.id.clone(), m)));
         if let Some(m) = &maintainer {
             background.push(tokio::spawn(m.clone().run(stop_background.clone())));
         }
@@ -143,7 +165,13 @@ impl Worker {
         } else {
             queues
                 .iter()
-                .map(|q| tokio::spawn(producer::run(shared.clone(), q.clone(), stop_fetching.clone())))
+                .map(|q| {
+                    tokio::spawn(producer::run(
+                        shared.clone(),
+                        q.clone(),
+                        stop_fetching.clone(),
+                    ))
+                })
                 .collect()
         };
         tracing::info!(worker_id = %config.id, queues = config.queues.len(), types = shared.handlers.len(), "worker started");
@@ -175,12 +203,21 @@ impl Worker {
         let running = &self.shared.running;
         let tasks = &self.shared.tasks;
         tasks.close();
-        if tokio::time::timeout(self.grace, running.wait_empty()).await.is_err() {
-            tracing::info!(jobs = running.len(), "grace period over; stopping and releasing running jobs");
+        if tokio::time::timeout(self.grace, running.wait_empty())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                jobs = running.len(),
+                "grace period over; stopping and releasing running jobs"
+            );
             // Ask first: a handler that honours its token returns within a moment and its
             // job is released cleanly. Then stop whatever still runs.
             running.cancel_all(CancelReason::Shutdown);
-            if tokio::time::timeout(SHUTDOWN_ASK_TIME, tasks.wait()).await.is_err() {
+            if tokio::time::timeout(SHUTDOWN_ASK_TIME, tasks.wait())
+                .await
+                .is_err()
+            {
                 running.abort_all();
             }
         }

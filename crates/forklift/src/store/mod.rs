@@ -50,7 +50,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Extends the leases still held; returns those, each with whether a cancel was asked.
     /// A lease missing from the answer was lost (rescued, or the job was finished elsewhere).
-    async fn job_heartbeat_many(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>>;
+    async fn job_heartbeat_many(&self, leases: &[Lease], ttl: Duration)
+    -> Result<Vec<LeaseStatus>>;
 
     /// Records handlers' progress, for leases still held.
     async fn job_progress_many(&self, updates: &[ProgressUpdate]) -> Result<()>;
@@ -209,7 +210,11 @@ pub struct Cursor {
 impl Cursor {
     /// An opaque token for clients: microseconds and the id's hex.
     pub fn encode(&self) -> String {
-        format!("{}_{}", self.created_at.timestamp_micros(), self.id.0.simple())
+        format!(
+            "{}_{}",
+            self.created_at.timestamp_micros(),
+            self.id.0.simple()
+        )
     }
 
     /// Reads a token made by [`Cursor::encode`].

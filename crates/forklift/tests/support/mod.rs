@@ -33,11 +33,16 @@ impl Db {
     /// A second, independent store on the same schema: another process, as far as
     /// connections and LISTEN go.
     pub async fn other_process(&self) -> PgStore {
-        PgStore::connect(self.schema.connect_options(), 5).await.expect("second store connects")
+        PgStore::connect(self.schema.connect_options(), 5)
+            .await
+            .expect("second store connects")
     }
 
     pub async fn sql(&self, sql: &str) {
-        sqlx::query(sql).execute(&self.schema.pool).await.expect(sql);
+        sqlx::query(sql)
+            .execute(&self.schema.pool)
+            .await
+            .expect(sql);
     }
 }
 
@@ -57,13 +62,21 @@ pub fn fast_maintenance() -> MaintenanceConfig {
     MaintenanceConfig {
         leader_ttl: Duration::from_secs(3),
         rescue_interval: Duration::from_millis(200),
-        rescue_backoff: Backoff { base: Duration::from_millis(10), cap: Duration::from_millis(10), jitter: 0.0 },
+        rescue_backoff: Backoff {
+            base: Duration::from_millis(10),
+            cap: Duration::from_millis(10),
+            jitter: 0.0,
+        },
         ..MaintenanceConfig::default()
     }
 }
 
 pub fn quick_backoff() -> Backoff {
-    Backoff { base: Duration::from_millis(20), cap: Duration::from_millis(100), jitter: 0.0 }
+    Backoff {
+        base: Duration::from_millis(20),
+        cap: Duration::from_millis(100),
+        jitter: 0.0,
+    }
 }
 
 /// Waits (up to 20 s) until the job satisfies `done`, and returns it.
@@ -74,7 +87,10 @@ pub async fn wait_for(client: &Client, id: JobId, what: &str, done: impl Fn(&Job
         if done(&job) {
             return job;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; job is {job:#?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; job is {job:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

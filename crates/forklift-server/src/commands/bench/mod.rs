@@ -19,10 +19,18 @@ use crate::cli::sqlite_path;
 pub struct BenchArgs {
     /// The database to measure: `postgres://…` (a schema `forklift_bench` is dropped and
     /// made anew for each run) or `sqlite://PATH` (a fresh file per run).
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://forklift-bench.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://forklift-bench.db"
+    )]
     pub database_url: String,
     /// Scenarios, comma-separated: batch, single, burndown, latency, http.
-    #[arg(long, value_delimiter = ',', default_value = "batch,single,burndown,latency,http")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "batch,single,burndown,latency,http"
+    )]
     pub what: Vec<String>,
     /// Runs of each scenario.
     #[arg(long, default_value_t = 3)]
@@ -65,21 +73,36 @@ impl Fresh {
     /// The store, and the PostgreSQL store behind it when there is one (for transactions).
     pub(crate) async fn stores(&self) -> anyhow::Result<(Arc<dyn Store>, Option<PgStore>)> {
         if let Some(path) = sqlite_path(&self.url) {
-            bail!("SQLite benchmarks need the SQLite store ({})", path.display());
+            bail!(
+                "SQLite benchmarks need the SQLite store ({})",
+                path.display()
+            );
         }
-        let admin = sqlx::PgPool::connect(&self.url).await.context("could not connect to PostgreSQL")?;
-        sqlx::query("drop schema if exists forklift_bench cascade").execute(&admin).await?;
-        sqlx::query("create schema forklift_bench").execute(&admin).await?;
+        let admin = sqlx::PgPool::connect(&self.url)
+            .await
+            .context("could not connect to PostgreSQL")?;
+        sqlx::query("drop schema if exists forklift_bench cascade")
+            .execute(&admin)
+            .await?;
+        sqlx::query("create schema forklift_bench")
+            .execute(&admin)
+            .await?;
         admin.close().await;
-        let options: PgConnectOptions =
-            self.url.parse::<PgConnectOptions>()?.options([("search_path", "forklift_bench")]);
+        let options: PgConnectOptions = self
+            .url
+            .parse::<PgConnectOptions>()?
+            .options([("search_path", "forklift_bench")]);
         let store = PgStore::connect(options, 40).await?;
         store.migrate().await?;
         Ok((Arc::new(store.clone()), Some(store)))
     }
 
     pub(crate) fn backend(&self) -> &'static str {
-        if sqlite_path(&self.url).is_some() { "sqlite" } else { "postgres" }
+        if sqlite_path(&self.url).is_some() {
+            "sqlite"
+        } else {
+            "postgres"
+        }
     }
 }
 
@@ -89,7 +112,11 @@ pub(crate) struct Results(BTreeMap<String, (String, Vec<f64>)>);
 
 impl Results {
     pub(crate) fn add(&mut self, name: impl Into<String>, unit: &str, value: f64) {
-        self.0.entry(name.into()).or_insert_with(|| (unit.to_string(), Vec::new())).1.push(value);
+        self.0
+            .entry(name.into())
+            .or_insert_with(|| (unit.to_string(), Vec::new()))
+            .1
+            .push(value);
     }
 }
 
@@ -97,12 +124,18 @@ fn summary(values: &[f64]) -> (f64, f64, f64) {
     let mut s = values.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let mid = s.len() / 2;
-    let median = if s.len() % 2 == 1 { s[mid] } else { (s[mid - 1] + s[mid]) / 2.0 };
+    let median = if s.len() % 2 == 1 {
+        s[mid]
+    } else {
+        (s[mid - 1] + s[mid]) / 2.0
+    };
     (median, s[0], s[s.len() - 1])
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let fresh = Fresh { url: args.database_url.clone() };
+    let fresh = Fresh {
+        url: args.database_url.clone(),
+    };
     let mut results = Results::default();
     for rep in 1..=args.reps {
         for what in &args.what {
@@ -113,17 +146,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "burndown" => scenarios::burndown(&fresh, &args, &mut results).await?,
                 "latency" => scenarios::latency(&fresh, &args, &mut results).await?,
                 "http" => scenarios::http(&fresh, &args, &mut results).await?,
-                other => bail!("unknown scenario `{other}` (batch, single, burndown, latency, http)"),
+                other => {
+                    bail!("unknown scenario `{other}` (batch, single, burndown, latency, http)")
+                }
             }
         }
     }
     results.add("peak RSS of this process", "MiB", scenarios::peak_rss_mib());
-    println!("\n=== {} summary on {} (median [min - max] over runs) ===", args.label, fresh.backend());
+    println!(
+        "\n=== {} summary on {} (median [min - max] over runs) ===",
+        args.label,
+        fresh.backend()
+    );
     let mut json = serde_json::Map::new();
     for (name, (unit, values)) in &results.0 {
         let (median, min, max) = summary(values);
         let d = if unit == "ms" { 2 } else { 0 };
-        println!("{name:<52} {median:>12.d$} {unit:<7} [{min:.d$} - {max:.d$}]  n={}", values.len());
+        println!(
+            "{name:<52} {median:>12.d$} {unit:<7} [{min:.d$} - {max:.d$}]  n={}",
+            values.len()
+        );
         json.insert(
             name.clone(),
             serde_json::json!({"unit": unit, "median": median, "min": min, "max": max, "runs": values}),

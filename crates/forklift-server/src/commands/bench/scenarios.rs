@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use forklift::{
-    Client, Handler, HandlerResult, JobContext, JobStatus, ListParams, NewJob, Outcome, QueueConfig, Registry, Worker,
-    WorkerConfig, builtin,
+    Client, Handler, HandlerResult, JobContext, JobStatus, ListParams, NewJob, Outcome,
+    QueueConfig, Registry, Worker, WorkerConfig, builtin,
 };
 use serde::Deserialize;
 
@@ -31,8 +31,11 @@ fn bench_worker(store: Arc<dyn forklift::Store>, registry: Registry, concurrency
 /// Waits until the store holds no unfinished job (or 120 s pass).
 async fn drained(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let unfinished =
-        ListParams { statuses: vec![JobStatus::Queued, JobStatus::Running], limit: 1, ..ListParams::default() };
+    let unfinished = ListParams {
+        statuses: vec![JobStatus::Queued, JobStatus::Running],
+        limit: 1,
+        ..ListParams::default()
+    };
     loop {
         if client.list(&unfinished).await?.jobs.is_empty() {
             return Ok(());
@@ -67,7 +70,11 @@ pub async fn batch(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow
 pub async fn single(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
     for callers in [1usize, 16] {
         let client = Client::new(fresh.store().await?);
-        let total = if callers == 1 { args.single } else { args.single * 2 };
+        let total = if callers == 1 {
+            args.single
+        } else {
+            args.single * 2
+        };
         let start = Instant::now();
         let tasks: Vec<_> = (0..callers)
             .map(|c| {
@@ -84,7 +91,11 @@ pub async fn single(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyho
         for t in tasks {
             t.await??;
         }
-        out.add(format!("single enqueue, {callers} caller(s)"), "jobs/s", total as f64 / start.elapsed().as_secs_f64());
+        out.add(
+            format!("single enqueue, {callers} caller(s)"),
+            "jobs/s",
+            total as f64 / start.elapsed().as_secs_f64(),
+        );
     }
     Ok(())
 }
@@ -110,7 +121,14 @@ pub async fn burndown(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> any
     let start = Instant::now();
     drained(&client).await?;
     let rate = args.jobs as f64 / start.elapsed().as_secs_f64();
-    out.add(format!("throughput burn-down {} (c={})", args.jobs, args.concurrency), "jobs/s", rate);
+    out.add(
+        format!(
+            "throughput burn-down {} (c={})",
+            args.jobs, args.concurrency
+        ),
+        "jobs/s",
+        rate,
+    );
     worker.shutdown().await;
     Ok(())
 }
@@ -156,7 +174,9 @@ pub async fn latency(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
         let (client, started) = (client.clone(), started.clone());
         sends.push(tokio::spawn(async move {
             let _ = started[seq].set(Instant::now());
-            client.enqueue(NewJob::new("probe", serde_json::json!({ "seq": seq }))).await
+            client
+                .enqueue(NewJob::new("probe", serde_json::json!({ "seq": seq })))
+                .await
         }));
     }
     for s in sends {
@@ -164,8 +184,17 @@ pub async fn latency(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
     }
     drained(&client).await?;
     worker.shutdown().await;
-    let mut ms: Vec<f64> =
-        (0..n).filter_map(|i| Some(ran[i].get()?.duration_since(*started[i].get()?).as_secs_f64() * 1e3)).collect();
+    let mut ms: Vec<f64> = (0..n)
+        .filter_map(|i| {
+            Some(
+                ran[i]
+                    .get()?
+                    .duration_since(*started[i].get()?)
+                    .as_secs_f64()
+                    * 1e3,
+            )
+        })
+        .collect();
     if ms.len() < n {
         bail!("only {} of {n} probes ran", ms.len());
     }
@@ -179,7 +208,11 @@ pub async fn latency(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
 
 pub async fn http(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
     let store = fresh.store().await?;
-    let config = ApiConfig { dev: true, rate_limit_per_second: 0, ..ApiConfig::default() };
+    let config = ApiConfig {
+        dev: true,
+        rate_limit_per_second: 0,
+        ..ApiConfig::default()
+    };
     let state = AppState::new(Client::new(store), config, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/jobs", listener.local_addr()?);
@@ -190,11 +223,17 @@ pub async fn http(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow:
         .map(|_| {
             let (url, count) = (url.clone(), count.clone());
             tokio::spawn(async move {
-                let http = reqwest::Client::builder().pool_max_idle_per_host(1).build()?;
+                let http = reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .build()?;
                 let mut latencies = Vec::new();
                 while Instant::now() < until {
                     let t = Instant::now();
-                    let resp = http.post(&url).json(&serde_json::json!({"type": "noop"})).send().await?;
+                    let resp = http
+                        .post(&url)
+                        .json(&serde_json::json!({"type": "noop"}))
+                        .send()
+                        .await?;
                     if resp.status() != reqwest::StatusCode::ACCEPTED {
                         bail!("POST /jobs answered {}", resp.status());
                     }
@@ -213,8 +252,16 @@ pub async fn http(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow:
     let secs = start.elapsed().as_secs_f64();
     server.abort();
     all.sort_by(|a, b| a.total_cmp(b));
-    out.add("HTTP enqueue, 16 connections", "req/s", count.load(Ordering::Relaxed) as f64 / secs);
-    out.add("HTTP enqueue p99, 16 connections", "ms", percentile(&all, 0.99));
+    out.add(
+        "HTTP enqueue, 16 connections",
+        "req/s",
+        count.load(Ordering::Relaxed) as f64 / secs,
+    );
+    out.add(
+        "HTTP enqueue p99, 16 connections",
+        "ms",
+        percentile(&all, 0.99),
+    );
     Ok(())
 }
 
@@ -222,7 +269,15 @@ pub async fn http(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow:
 pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }

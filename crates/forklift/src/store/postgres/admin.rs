@@ -15,7 +15,12 @@ type CountRow = (String, String, String, i64);
 fn counts(rows: Vec<CountRow>) -> Vec<JobCount> {
     rows.into_iter()
         .filter_map(|(job_type, queue, status, count)| {
-            Some(JobCount { job_type, queue, status: status.parse().ok()?, count })
+            Some(JobCount {
+                job_type,
+                queue,
+                status: status.parse().ok()?,
+                count,
+            })
         })
         .collect()
 }
@@ -42,7 +47,11 @@ pub async fn queue_depths(pool: &PgPool) -> Result<Vec<JobCount>> {
     Ok(counts(rows))
 }
 
-pub async fn stats_recent(pool: &PgPool, tenant: TenantId, window: Duration) -> Result<RecentStats> {
+pub async fn stats_recent(
+    pool: &PgPool,
+    tenant: TenantId,
+    window: Duration,
+) -> Result<RecentStats> {
     let secs = window.as_secs_f64();
     let minutes: Vec<(DateTime<Utc>, i64, i64)> = sqlx::query_as(
         "select date_trunc('minute', completed_at) as minute,
@@ -78,7 +87,11 @@ pub async fn stats_recent(pool: &PgPool, tenant: TenantId, window: Duration) -> 
     Ok(RecentStats {
         per_minute: minutes
             .into_iter()
-            .map(|(minute, completed, failed)| MinuteCount { minute, completed, failed })
+            .map(|(minute, completed, failed)| MinuteCount {
+                minute,
+                completed,
+                failed,
+            })
             .collect(),
         wait_p50,
         wait_p95,
@@ -89,32 +102,54 @@ pub async fn stats_recent(pool: &PgPool, tenant: TenantId, window: Duration) -> 
 
 pub async fn tenant_create(pool: &PgPool, name: &str) -> Result<Tenant> {
     if name.trim().is_empty() || name.chars().count() > 200 {
-        return Err(Error::invalid("name", "a tenant name is 1 to 200 characters"));
+        return Err(Error::invalid(
+            "name",
+            "a tenant name is 1 to 200 characters",
+        ));
     }
-    let row: std::result::Result<(Uuid, String, DateTime<Utc>), sqlx::Error> =
-        sqlx::query_as("insert into forklift_tenants (id, name) values ($1, $2) returning id, name, created_at")
-            .bind(Uuid::new_v4())
-            .bind(name)
-            .fetch_one(pool)
-            .await;
+    let row: std::result::Result<(Uuid, String, DateTime<Utc>), sqlx::Error> = sqlx::query_as(
+        "insert into forklift_tenants (id, name) values ($1, $2) returning id, name, created_at",
+    )
+    .bind(Uuid::new_v4())
+    .bind(name)
+    .fetch_one(pool)
+    .await;
     match row {
-        Ok((id, name, created_at)) => Ok(Tenant { tenant_id: TenantId(id), name, created_at }),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            Err(Error::invalid("name", format!("a tenant named `{name}` exists already")))
-        }
+        Ok((id, name, created_at)) => Ok(Tenant {
+            tenant_id: TenantId(id),
+            name,
+            created_at,
+        }),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::invalid(
+            "name",
+            format!("a tenant named `{name}` exists already"),
+        )),
         Err(e) => Err(e.into()),
     }
 }
 
 pub async fn tenant_list(pool: &PgPool) -> Result<Vec<Tenant>> {
-    let rows: Vec<(Uuid, String, DateTime<Utc>)> =
-        sqlx::query_as("select id, name, created_at from forklift_tenants order by created_at, name")
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().map(|(id, name, created_at)| Tenant { tenant_id: TenantId(id), name, created_at }).collect())
+    let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
+        "select id, name, created_at from forklift_tenants order by created_at, name",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, created_at)| Tenant {
+            tenant_id: TenantId(id),
+            name,
+            created_at,
+        })
+        .collect())
 }
 
-pub async fn api_key_insert(pool: &PgPool, tenant: TenantId, prefix: &str, key_hash: &str) -> Result<()> {
+pub async fn api_key_insert(
+    pool: &PgPool,
+    tenant: TenantId,
+    prefix: &str,
+    key_hash: &str,
+) -> Result<()> {
     sqlx::query("insert into forklift_api_keys (prefix, tenant_id, key_hash) values ($1, $2, $3)")
         .bind(prefix)
         .bind(tenant.0)
@@ -125,11 +160,12 @@ pub async fn api_key_insert(pool: &PgPool, tenant: TenantId, prefix: &str, key_h
 }
 
 pub async fn api_key_tenant(pool: &PgPool, key_hash: &str) -> Result<Option<TenantId>> {
-    let id: Option<Uuid> =
-        sqlx::query_scalar("select tenant_id from forklift_api_keys where key_hash = $1 and revoked_at is null")
-            .bind(key_hash)
-            .fetch_optional(pool)
-            .await?;
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "select tenant_id from forklift_api_keys where key_hash = $1 and revoked_at is null",
+    )
+    .bind(key_hash)
+    .fetch_optional(pool)
+    .await?;
     Ok(id.map(TenantId))
 }
 
@@ -144,20 +180,24 @@ pub async fn api_key_list(pool: &PgPool) -> Result<Vec<ApiKeyInfo>> {
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(prefix, tenant, tenant_name, created_at, revoked_at)| ApiKeyInfo {
-            prefix,
-            tenant_id: TenantId(tenant),
-            tenant_name,
-            created_at,
-            revoked_at,
-        })
+        .map(
+            |(prefix, tenant, tenant_name, created_at, revoked_at)| ApiKeyInfo {
+                prefix,
+                tenant_id: TenantId(tenant),
+                tenant_name,
+                created_at,
+                revoked_at,
+            },
+        )
         .collect())
 }
 
 pub async fn api_key_revoke(pool: &PgPool, prefix: &str) -> Result<bool> {
-    let done = sqlx::query("update forklift_api_keys set revoked_at = now() where prefix = $1 and revoked_at is null")
-        .bind(prefix)
-        .execute(pool)
-        .await?;
+    let done = sqlx::query(
+        "update forklift_api_keys set revoked_at = now() where prefix = $1 and revoked_at is null",
+    )
+    .bind(prefix)
+    .execute(pool)
+    .await?;
     Ok(done.rows_affected() == 1)
 }

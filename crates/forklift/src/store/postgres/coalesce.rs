@@ -50,7 +50,13 @@ impl Coalescer {
     /// Inserts `jobs` of `tenant`, sharing the statement with concurrent callers.
     pub async fn insert(&self, tenant: TenantId, jobs: Vec<NewJob>) -> Result<Vec<Inserted>> {
         let (reply, answer) = oneshot::channel();
-        self.tx.send(Request { tenant, jobs, reply }).expect("coalescer tasks live as long as the store");
+        self.tx
+            .send(Request {
+                tenant,
+                jobs,
+                reply,
+            })
+            .expect("coalescer tasks live as long as the store");
         answer.await.expect("coalescer tasks always answer")
     }
 }
@@ -68,7 +74,10 @@ async fn run(pool: PgPool, rx: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>) {
 
 async fn write(pool: &PgPool, batch: Vec<Request>) {
     if batch.len() > 1 {
-        let tenants: Vec<TenantId> = batch.iter().flat_map(|r| std::iter::repeat_n(r.tenant, r.jobs.len())).collect();
+        let tenants: Vec<TenantId> = batch
+            .iter()
+            .flat_map(|r| std::iter::repeat_n(r.tenant, r.jobs.len()))
+            .collect();
         let jobs: Vec<NewJob> = batch.iter().flat_map(|r| r.jobs.iter().cloned()).collect();
         let shared = async {
             let mut conn = pool.acquire().await?;

@@ -6,8 +6,16 @@ use crate::error::{Error, Result};
 
 /// Each migration: its version, a name, and its SQL. Append only; never edit a shipped one.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-    (1, "jobs", include_str!("../../../migrations/postgres/0001_jobs.sql")),
-    (2, "tenants", include_str!("../../../migrations/postgres/0002_tenants.sql")),
+    (
+        1,
+        "jobs",
+        include_str!("../../../migrations/postgres/0001_jobs.sql"),
+    ),
+    (
+        2,
+        "tenants",
+        include_str!("../../../migrations/postgres/0002_tenants.sql"),
+    ),
 ];
 
 /// Applies the migrations this database lacks, in one transaction.
@@ -30,7 +38,9 @@ pub async fn run(pool: &PgPool) -> Result<()> {
     )
     .execute(&mut *conn)
     .await?;
-    let applied: Vec<i32> = sqlx::query_scalar("select version from forklift_migrations").fetch_all(&mut *conn).await?;
+    let applied: Vec<i32> = sqlx::query_scalar("select version from forklift_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
     for &(version, name, sql) in MIGRATIONS {
         if applied.contains(&version) {
             continue;

@@ -29,8 +29,8 @@ use crate::error::{Error, Result};
 use crate::job::{Job, JobId, JobStatus, TenantId};
 use crate::new_job::{MAX_BATCH, NewJob};
 use crate::store::{
-    ApiKeyInfo, Completion, Event, FetchParams, Inserted, JobCount, JobPage, Lease, LeaseStatus, LeasedJob, ListParams,
-    ProgressUpdate, RecentStats, RescueParams, Rescued, Store, Tenant,
+    ApiKeyInfo, Completion, Event, FetchParams, Inserted, JobCount, JobPage, Lease, LeaseStatus,
+    LeasedJob, ListParams, ProgressUpdate, RecentStats, RescueParams, Rescued, Store, Tenant,
 };
 
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
@@ -109,18 +109,21 @@ impl PgStore {
 
     fn wake_queues<'a>(&self, queues: impl IntoIterator<Item = &'a str> + Clone) {
         for q in queues.clone() {
-            let _ = self.inner.events.send(Event::JobsAvailable { queue: q.to_string() });
+            let _ = self.inner.events.send(Event::JobsAvailable {
+                queue: q.to_string(),
+            });
         }
         self.inner.notifier.jobs_available(queues);
     }
 
     async fn job_get_any(&self, tenant: TenantId, id: JobId) -> Result<Option<Job>> {
-        let row: Option<JobRow> =
-            sqlx::query_as(&format!("select {JOB_COLUMNS} from forklift_jobs where id = $1 and tenant_id = $2"))
-                .bind(id.0)
-                .bind(tenant.0)
-                .fetch_optional(&self.inner.pool)
-                .await?;
+        let row: Option<JobRow> = sqlx::query_as(&format!(
+            "select {JOB_COLUMNS} from forklift_jobs where id = $1 and tenant_id = $2"
+        ))
+        .bind(id.0)
+        .bind(tenant.0)
+        .fetch_optional(&self.inner.pool)
+        .await?;
         Ok(row.map(JobRow::into_job))
     }
 
@@ -139,7 +142,10 @@ impl PgStore {
 
 fn check_batch(jobs: &[NewJob]) -> Result<()> {
     if jobs.len() > MAX_BATCH {
-        return Err(Error::invalid("jobs", format!("at most {MAX_BATCH} jobs per call")));
+        return Err(Error::invalid(
+            "jobs",
+            format!("at most {MAX_BATCH} jobs per call"),
+        ));
     }
     jobs.iter().try_for_each(NewJob::validate)
 }
@@ -166,7 +172,12 @@ impl Store for PgStore {
             let mut conn = self.inner.pool.acquire().await?;
             insert::insert_many(&mut conn, tenant, jobs).await?
         };
-        self.wake_queues(inserted.iter().filter(|i| i.inserted).map(|i| i.job.queue.as_str()));
+        self.wake_queues(
+            inserted
+                .iter()
+                .filter(|i| i.inserted)
+                .map(|i| i.job.queue.as_str()),
+        );
         Ok(inserted)
     }
 
@@ -176,7 +187,9 @@ impl Store for PgStore {
 
     async fn job_list(&self, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
         let limit = p.limit.clamp(1, 500);
-        let mut q = QueryBuilder::new(format!("select {JOB_COLUMNS} from forklift_jobs where tenant_id = "));
+        let mut q = QueryBuilder::new(format!(
+            "select {JOB_COLUMNS} from forklift_jobs where tenant_id = "
+        ));
         q.push_bind(tenant.0);
         if !p.statuses.is_empty() {
             let statuses: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
@@ -198,14 +211,22 @@ impl Store for PgStore {
             q.push(" and created_at < ").push_bind(t);
         }
         if let Some(c) = p.cursor {
-            q.push(" and (created_at, id) < (").push_bind(c.created_at).push(", ").push_bind(c.id.0).push(")");
+            q.push(" and (created_at, id) < (")
+                .push_bind(c.created_at)
+                .push(", ")
+                .push_bind(c.id.0)
+                .push(")");
         }
-        q.push(" order by created_at desc, id desc limit ").push_bind(limit + 1);
+        q.push(" order by created_at desc, id desc limit ")
+            .push_bind(limit + 1);
         let rows: Vec<JobRow> = q.build_query_as().fetch_all(&self.inner.pool).await?;
         let mut jobs: Vec<Job> = rows.into_iter().map(JobRow::into_job).collect();
         let next_cursor = if jobs.len() as i64 > limit {
             jobs.truncate(limit as usize);
-            jobs.last().map(|j| crate::store::Cursor { created_at: j.created_at, id: j.job_id })
+            jobs.last().map(|j| crate::store::Cursor {
+                created_at: j.created_at,
+                id: j.job_id,
+            })
         } else {
             None
         };
@@ -232,7 +253,10 @@ impl Store for PgStore {
             return Err(self.conflict_or_not_found(tenant, id, "cancel").await);
         };
         if job.status == JobStatus::Running {
-            let _ = self.inner.events.send(Event::CancelRequested { job_id: id });
+            let _ = self
+                .inner
+                .events
+                .send(Event::CancelRequested { job_id: id });
             self.inner.notifier.cancel_requested(id);
         }
         Ok(job)
@@ -270,7 +294,11 @@ impl Store for PgStore {
         work::fetch(&self.inner.pool, p).await
     }
 
-    async fn job_heartbeat_many(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>> {
+    async fn job_heartbeat_many(
+        &self,
+        leases: &[Lease],
+        ttl: Duration,
+    ) -> Result<Vec<LeaseStatus>> {
         work::heartbeat(&self.inner.pool, leases, ttl).await
     }
 
@@ -292,7 +320,12 @@ impl Store for PgStore {
 
     async fn job_rescue_lapsed(&self, p: &RescueParams) -> Result<Vec<Rescued>> {
         let rescued = work::rescue(&self.inner.pool, p).await?;
-        self.wake_queues(rescued.iter().filter(|r| r.status == JobStatus::Queued).map(|r| r.queue.as_str()));
+        self.wake_queues(
+            rescued
+                .iter()
+                .filter(|r| r.status == JobStatus::Queued)
+                .map(|r| r.queue.as_str()),
+        );
         Ok(rescued)
     }
 
@@ -381,10 +414,12 @@ impl Store for PgStore {
     }
 
     async fn queue_paused_list(&self, tenant: TenantId) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar("select queue from forklift_queue_pauses where tenant_id = $1 order by queue")
-            .bind(tenant.0)
-            .fetch_all(&self.inner.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "select queue from forklift_queue_pauses where tenant_id = $1 order by queue",
+        )
+        .bind(tenant.0)
+        .fetch_all(&self.inner.pool)
+        .await?)
     }
 
     async fn job_stats_recent(&self, tenant: TenantId, window: Duration) -> Result<RecentStats> {
