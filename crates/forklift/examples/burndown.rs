@@ -7,7 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use forklift::{Client, NewJob, PgStore, QueueConfig, Registry, Store, Worker, WorkerConfig, builtin};
+use forklift::{
+    Client, NewJob, PgStore, QueueConfig, Registry, Store, Worker, WorkerConfig, builtin,
+};
 use sqlx::postgres::PgConnectOptions;
 
 #[tokio::main]
@@ -15,11 +17,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).map_or(Ok(50_000), |s| s.parse())?;
     let concurrency: usize = args.get(2).map_or(Ok(100), |s| s.parse())?;
-    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("fl_bench_{}", std::process::id());
     let admin = sqlx::PgPool::connect(&url).await?;
-    sqlx::query(&format!("create schema {schema}")).execute(&admin).await?;
-    let options: PgConnectOptions = url.parse::<PgConnectOptions>()?.options([("search_path", schema.as_str())]);
+    sqlx::query(&format!("create schema {schema}"))
+        .execute(&admin)
+        .await?;
+    let options: PgConnectOptions = url
+        .parse::<PgConnectOptions>()?
+        .options([("search_path", schema.as_str())]);
     let store = PgStore::connect(options, 20).await?;
     store.migrate().await?;
     let dyn_store: Arc<dyn Store> = Arc::new(store.clone());
@@ -46,18 +53,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tx.commit().await?;
     let start = Instant::now();
     loop {
-        let unfinished: i64 =
-            sqlx::query_scalar("select count(*) from forklift_jobs where status in ('QUEUED', 'RUNNING')")
-                .fetch_one(store.pool())
-                .await?;
+        let unfinished: i64 = sqlx::query_scalar(
+            "select count(*) from forklift_jobs where status in ('QUEUED', 'RUNNING')",
+        )
+        .fetch_one(store.pool())
+        .await?;
         if unfinished == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let secs = start.elapsed().as_secs_f64();
-    println!("burn-down: {n} jobs in {secs:.2} s = {:.0} jobs/s (concurrency {concurrency})", n as f64 / secs);
+    println!(
+        "burn-down: {n} jobs in {secs:.2} s = {:.0} jobs/s (concurrency {concurrency})",
+        n as f64 / secs
+    );
     worker.shutdown().await;
-    sqlx::query(&format!("drop schema {schema} cascade")).execute(&admin).await?;
+    sqlx::query(&format!("drop schema {schema} cascade"))
+        .execute(&admin)
+        .await?;
     Ok(())
 }

@@ -38,7 +38,14 @@ pub struct SimulateArgs {
 
 impl Default for SimulateArgs {
     fn default() -> Self {
-        SimulateArgs { steps: 5, step_ms: 200, fail_attempts: 0, permanent: false, partial: false, panic: false }
+        SimulateArgs {
+            steps: 5,
+            step_ms: 200,
+            fail_attempts: 0,
+            permanent: false,
+            partial: false,
+            panic: false,
+        }
     }
 }
 
@@ -64,7 +71,12 @@ impl Handler for Simulate {
         }
         if ctx.attempt() <= args.fail_attempts {
             let e = format!("simulated failure of attempt {}", ctx.attempt());
-            return Err(if args.permanent { JobError::permanent(e) } else { JobError::retryable(e) }.with_code("simulated"));
+            return Err(if args.permanent {
+                JobError::permanent(e)
+            } else {
+                JobError::retryable(e)
+            }
+            .with_code("simulated"));
         }
         ctx.set_result(&serde_json::json!({ "steps": args.steps, "attempt": ctx.attempt() }));
         if args.partial {

@@ -27,7 +27,10 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Error::Invalid { field: field.to_string(), message: message.into() }
+        Error::Invalid {
+            field: field.to_string(),
+            message: message.into(),
+        }
     }
 }
 

@@ -62,7 +62,11 @@ impl FromStr for JobId {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let hex = s.strip_prefix("job_").ok_or(InvalidJobId)?;
-        if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != 32
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(InvalidJobId);
         }
         Uuid::try_parse(hex).map(JobId).map_err(|_| InvalidJobId)
@@ -247,7 +251,10 @@ mod tests {
 
     #[test]
     fn only_queued_and_running_are_unfinished() {
-        let unfinished: Vec<_> = JobStatus::ALL.into_iter().filter(|s| !s.is_final()).collect();
+        let unfinished: Vec<_> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| !s.is_final())
+            .collect();
         assert_eq!(unfinished, [Queued, Running]);
     }
 
@@ -267,7 +274,11 @@ mod tests {
         ];
         for from in JobStatus::ALL {
             for to in JobStatus::ALL {
-                assert_eq!(from.can_become(to), allowed.contains(&(from, to)), "{from} -> {to}");
+                assert_eq!(
+                    from.can_become(to),
+                    allowed.contains(&(from, to)),
+                    "{from} -> {to}"
+                );
             }
         }
     }

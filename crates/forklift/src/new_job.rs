@@ -68,7 +68,8 @@ impl NewJob {
 
     /// A job from typed arguments, with the type's defaults applied.
     pub fn from_args<A: JobArgs>(args: &A) -> Result<Self> {
-        let payload = serde_json::to_value(args).map_err(|e| Error::invalid("payload", e.to_string()))?;
+        let payload =
+            serde_json::to_value(args).map_err(|e| Error::invalid("payload", e.to_string()))?;
         Ok(A::defaults(NewJob::new(A::TYPE, payload)))
     }
 
@@ -113,15 +114,24 @@ impl NewJob {
             return Err(Error::invalid("priority", "must be an integer from 0 to 9"));
         }
         if !(1..=1000).contains(&self.max_attempts) {
-            return Err(Error::invalid("max_attempts", "must be an integer from 1 to 1000"));
+            return Err(Error::invalid(
+                "max_attempts",
+                "must be an integer from 1 to 1000",
+            ));
         }
         if let Some(t) = self.timeout_seconds
             && !(1..=7 * 86_400).contains(&t)
         {
-            return Err(Error::invalid("timeout_seconds", "must be from 1 to 604800 (7 days)"));
+            return Err(Error::invalid(
+                "timeout_seconds",
+                "must be from 1 to 604800 (7 days)",
+            ));
         }
         if self.run_at.is_some() && self.delay.is_some() {
-            return Err(Error::invalid("run_at", "give either run_at or delay_seconds, not both"));
+            return Err(Error::invalid(
+                "run_at",
+                "give either run_at or delay_seconds, not both",
+            ));
         }
         if let Some(d) = self.delay
             && d > Duration::from_secs(10 * 365 * 86_400)
@@ -136,8 +146,15 @@ impl NewJob {
         if self.tags.len() > 20 {
             return Err(Error::invalid("tags", "at most 20 tags"));
         }
-        if self.tags.iter().any(|t| t.is_empty() || t.chars().count() > 100) {
-            return Err(Error::invalid("tags", "each tag must be 1 to 100 characters"));
+        if self
+            .tags
+            .iter()
+            .any(|t| t.is_empty() || t.chars().count() > 100)
+        {
+            return Err(Error::invalid(
+                "tags",
+                "each tag must be 1 to 100 characters",
+            ));
         }
         Ok(())
     }
@@ -147,7 +164,10 @@ impl NewJob {
 pub fn check_name(field: &str, value: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-');
     if value.is_empty() || value.len() > 100 || !value.chars().all(ok_char) {
-        return Err(Error::invalid(field, "must be 1 to 100 characters of A-Z a-z 0-9 _ . : -"));
+        return Err(Error::invalid(
+            field,
+            "must be 1 to 100 characters of A-Z a-z 0-9 _ . : -",
+        ));
     }
     Ok(())
 }
@@ -168,7 +188,10 @@ mod tests {
     fn defaults_are_valid() {
         let job = NewJob::new("bulk_import", json!({}));
         assert!(job.validate().is_ok());
-        assert_eq!((job.queue.as_str(), job.priority, job.max_attempts), ("default", 5, 5));
+        assert_eq!(
+            (job.queue.as_str(), job.priority, job.max_attempts),
+            ("default", 5, 5)
+        );
     }
 
     #[test]
@@ -185,7 +208,10 @@ mod tests {
         assert_eq!(field_of(ok().unique_key("")), "unique_key");
         assert_eq!(field_of(ok().tags([""])), "tags");
         assert_eq!(field_of(ok().tags((0..21).map(|i| i.to_string()))), "tags");
-        assert_eq!(field_of(ok().run_at(Utc::now()).delay(Duration::from_secs(1))), "run_at");
+        assert_eq!(
+            field_of(ok().run_at(Utc::now()).delay(Duration::from_secs(1))),
+            "run_at"
+        );
         assert!(ok().priority(0).max_attempts(1000).validate().is_ok());
     }
 

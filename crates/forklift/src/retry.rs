@@ -21,7 +21,11 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(3600), jitter: 0.2 }
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(3600),
+            jitter: 0.2,
+        }
     }
 }
 
@@ -38,7 +42,11 @@ impl Backoff {
     pub fn delay(&self, failed_attempt: i32) -> Duration {
         let nominal = self.nominal(failed_attempt).as_secs_f64();
         let jitter = self.jitter.clamp(0.0, 1.0);
-        let share = if jitter > 0.0 { rand::rng().random_range(-jitter..=jitter) } else { 0.0 };
+        let share = if jitter > 0.0 {
+            rand::rng().random_range(-jitter..=jitter)
+        } else {
+            0.0
+        };
         Duration::from_secs_f64((nominal * (1.0 + share)).max(0.0))
     }
 }
@@ -66,13 +74,19 @@ mod tests {
         let b = Backoff::default();
         let draws: Vec<f64> = (0..200).map(|_| b.delay(4).as_secs_f64()).collect();
         assert!(draws.iter().all(|d| (6.4..=9.6).contains(d)), "{draws:?}");
-        let distinct = draws.iter().map(|d| (d * 1000.0) as u64).collect::<std::collections::HashSet<_>>();
+        let distinct = draws
+            .iter()
+            .map(|d| (d * 1000.0) as u64)
+            .collect::<std::collections::HashSet<_>>();
         assert!(distinct.len() > 10, "jitter should spread retries");
     }
 
     #[test]
     fn no_jitter_gives_the_nominal_delay() {
-        let b = Backoff { jitter: 0.0, ..Backoff::default() };
+        let b = Backoff {
+            jitter: 0.0,
+            ..Backoff::default()
+        };
         assert_eq!(b.delay(3), Duration::from_secs(4));
     }
 

@@ -36,7 +36,11 @@ pub trait Handler: Send + Sync + 'static {
     type Payload: DeserializeOwned + Send + 'static;
 
     /// Runs one attempt. A panic here fails this attempt (retryable), never the worker.
-    fn run(&self, payload: Self::Payload, ctx: JobContext) -> impl Future<Output = HandlerResult> + Send;
+    fn run(
+        &self,
+        payload: Self::Payload,
+        ctx: JobContext,
+    ) -> impl Future<Output = HandlerResult> + Send;
 }
 
 /// What a handler returns: an [`Outcome`], or a [`JobError`] (`?` turns any error into a
@@ -65,7 +69,11 @@ pub struct ItemError {
 
 impl ItemError {
     pub fn new(message: impl Into<String>, details: serde_json::Value) -> Self {
-        ItemError { message: message.into(), code: "item_failed".into(), details }
+        ItemError {
+            message: message.into(),
+            code: "item_failed".into(),
+            details,
+        }
     }
 }
 
@@ -83,12 +91,20 @@ pub struct JobError {
 impl JobError {
     /// An error worth trying again (a timeout, a 503 from a dependency).
     pub fn retryable(message: impl Into<String>) -> Self {
-        JobError { message: message.into(), code: "handler_error".into(), retryable: true, details: serde_json::Value::Null }
+        JobError {
+            message: message.into(),
+            code: "handler_error".into(),
+            retryable: true,
+            details: serde_json::Value::Null,
+        }
     }
 
     /// An error that another attempt would repeat (bad input): the job fails now.
     pub fn permanent(message: impl Into<String>) -> Self {
-        JobError { retryable: false, ..JobError::retryable(message) }
+        JobError {
+            retryable: false,
+            ..JobError::retryable(message)
+        }
     }
 
     pub fn with_code(mut self, code: impl Into<String>) -> Self {
@@ -190,7 +206,9 @@ impl JobContext {
 
     /// Reports progress, 0–100. Cheap: calls are coalesced and written every few hundred ms.
     pub fn set_progress(&self, percent: u8) {
-        self.inner.progress.store(i16::from(percent.min(100)), Ordering::Relaxed);
+        self.inner
+            .progress
+            .store(i16::from(percent.min(100)), Ordering::Relaxed);
         self.inner.progress_dirty.store(true, Ordering::Release);
     }
 
@@ -244,7 +262,10 @@ impl JobContext {
 
     /// The progress to write, if it changed since the last call.
     pub(crate) fn take_progress(&self) -> Option<i16> {
-        self.inner.progress_dirty.swap(false, Ordering::AcqRel).then(|| self.inner.progress.load(Ordering::Relaxed))
+        self.inner
+            .progress_dirty
+            .swap(false, Ordering::AcqRel)
+            .then(|| self.inner.progress.load(Ordering::Relaxed))
     }
 
     pub(crate) fn latest_progress(&self) -> i16 {
@@ -252,23 +273,35 @@ impl JobContext {
     }
 
     pub(crate) fn take_result(&self) -> (Option<serde_json::Value>, Option<String>) {
-        (self.inner.result.lock().unwrap().take(), self.inner.result_url.lock().unwrap().take())
+        (
+            self.inner.result.lock().unwrap().take(),
+            self.inner.result_url.lock().unwrap().take(),
+        )
     }
 }
 
 /// A handler with its payload type erased, so handlers of different types share a map.
 pub(crate) trait ErasedHandler: Send + Sync {
-    fn call(&self, payload: serde_json::Value, ctx: JobContext) -> BoxFuture<'static, HandlerResult>;
+    fn call(
+        &self,
+        payload: serde_json::Value,
+        ctx: JobContext,
+    ) -> BoxFuture<'static, HandlerResult>;
 }
 
 struct Erased<H>(Arc<H>);
 
 impl<H: Handler> ErasedHandler for Erased<H> {
-    fn call(&self, payload: serde_json::Value, ctx: JobContext) -> BoxFuture<'static, HandlerResult> {
+    fn call(
+        &self,
+        payload: serde_json::Value,
+        ctx: JobContext,
+    ) -> BoxFuture<'static, HandlerResult> {
         let handler = self.0.clone();
         Box::pin(async move {
             let payload: H::Payload = serde_json::from_value(payload).map_err(|e| {
-                JobError::permanent(format!("the payload does not fit this job type: {e}")).with_code("invalid_payload")
+                JobError::permanent(format!("the payload does not fit this job type: {e}"))
+                    .with_code("invalid_payload")
             })?;
             handler.run(payload, ctx).await
         })
@@ -317,7 +350,8 @@ impl Registry {
         options: TypeOptions,
     ) -> &mut Self {
         let handler: Arc<dyn ErasedHandler> = Arc::new(Erased(Arc::new(handler)));
-        self.handlers.insert(job_type.into(), Registered { handler, options });
+        self.handlers
+            .insert(job_type.into(), Registered { handler, options });
         self
     }
 

@@ -20,12 +20,22 @@ pub struct Elector {
 
 impl Elector {
     pub fn new(store: Arc<dyn Store>, name: &str, leader_id: String, ttl: Duration) -> Self {
-        Elector { store, name: name.into(), leader_id, ttl, is_leader: AtomicBool::new(false) }
+        Elector {
+            store,
+            name: name.into(),
+            leader_id,
+            ttl,
+            is_leader: AtomicBool::new(false),
+        }
     }
 
     /// Takes or keeps leadership if possible; returns whether this process leads.
     pub async fn campaign(&self) -> bool {
-        let won = match self.store.leader_elect(&self.name, &self.leader_id, self.ttl).await {
+        let won = match self
+            .store
+            .leader_elect(&self.name, &self.leader_id, self.ttl)
+            .await
+        {
             Ok(won) => won,
             Err(e) => {
                 tracing::warn!(error = %e, "leader election failed");

@@ -23,7 +23,13 @@ impl Rescuer {
     pub async fn run_once(&self) -> Result<Vec<Rescued>> {
         let mut all = Vec::new();
         loop {
-            let rescued = self.store.job_rescue_lapsed(&RescueParams { backoff: self.backoff, limit: BATCH }).await?;
+            let rescued = self
+                .store
+                .job_rescue_lapsed(&RescueParams {
+                    backoff: self.backoff,
+                    limit: BATCH,
+                })
+                .await?;
             let n = rescued.len();
             for r in &rescued {
                 tracing::warn!(job_id = %r.job_id, status = %r.status, "rescued a job whose lease lapsed");

@@ -39,7 +39,10 @@ async fn write(store: &dyn Store, batch: &[Completion], closing: bool) {
                 // on, and if they lapse first, the rescuer retries the jobs (at least once).
                 tracing::warn!(error = %e, attempt, jobs = batch.len(), "could not write completions; retrying");
                 if closing && attempt >= 20 {
-                    tracing::error!(jobs = batch.len(), "giving up on completions at shutdown; the rescuer will retry these jobs");
+                    tracing::error!(
+                        jobs = batch.len(),
+                        "giving up on completions at shutdown; the rescuer will retry these jobs"
+                    );
                     return;
                 }
                 tokio::time::sleep(delay).await;

@@ -31,7 +31,11 @@ pub(crate) enum After {
     Discard,
 }
 
-pub(crate) async fn run_attempt(handler: &dyn ErasedHandler, ctx: &JobContext, timeout: Option<Duration>) -> Ending {
+pub(crate) async fn run_attempt(
+    handler: &dyn ErasedHandler,
+    ctx: &JobContext,
+    timeout: Option<Duration>,
+) -> Ending {
     let fut = AssertUnwindSafe(handler.call(ctx.job().payload.clone(), ctx.clone())).catch_unwind();
     let outcome = match timeout {
         Some(limit) => match tokio::time::timeout(limit, fut).await {
@@ -69,7 +73,13 @@ pub(crate) fn decide(
     progress: Option<i16>,
 ) -> After {
     let now = Utc::now();
-    let entry = |e: JobError| ErrorEntry { message: e.message, code: e.code, attempt: job.attempt, at: now, details: e.details };
+    let entry = |e: JobError| ErrorEntry {
+        message: e.message,
+        code: e.code,
+        attempt: job.attempt,
+        at: now,
+        details: e.details,
+    };
     let (result, result_url) = ctx_result;
     let base = Completion {
         lease,
@@ -87,9 +97,19 @@ pub(crate) fn decide(
         Ending::Returned(Ok(Outcome::Partial(items))) => {
             let errors = items
                 .into_iter()
-                .map(|i| ErrorEntry { message: i.message, code: i.code, attempt: job.attempt, at: now, details: i.details })
+                .map(|i| ErrorEntry {
+                    message: i.message,
+                    code: i.code,
+                    attempt: job.attempt,
+                    at: now,
+                    details: i.details,
+                })
                 .collect();
-            return After::Complete(Completion { status: JobStatus::PartialSuccess, errors, ..base });
+            return After::Complete(Completion {
+                status: JobStatus::PartialSuccess,
+                errors,
+                ..base
+            });
         }
         Ending::Returned(Ok(Outcome::Snooze(_)) | Err(_)) if reason == CancelReason::Shutdown => {
             return After::Release(lease);
@@ -103,18 +123,33 @@ pub(crate) fn decide(
             });
         }
         Ending::Returned(Err(e)) => e,
-        Ending::Panicked(msg) => JobError::retryable(format!("the handler panicked: {msg}")).with_code("panic"),
-        Ending::TimedOut(limit) => {
-            JobError::retryable(format!("the attempt ran longer than its timeout of {} s", limit.as_secs_f64()))
-                .with_code("timeout")
+        Ending::Panicked(msg) => {
+            JobError::retryable(format!("the handler panicked: {msg}")).with_code("panic")
         }
+        Ending::TimedOut(limit) => JobError::retryable(format!(
+            "the attempt ran longer than its timeout of {} s",
+            limit.as_secs_f64()
+        ))
+        .with_code("timeout"),
     };
     if reason == CancelReason::Requested {
-        return After::Complete(Completion { status: JobStatus::Cancelled, ..base });
+        return After::Complete(Completion {
+            status: JobStatus::Cancelled,
+            ..base
+        });
     }
     if error.retryable && job.attempt < job.max_attempts {
         let retry_in = backoff.delay(job.attempt);
-        return After::Complete(Completion { status: JobStatus::Queued, retry_in, errors: vec![entry(error)], ..base });
+        return After::Complete(Completion {
+            status: JobStatus::Queued,
+            retry_in,
+            errors: vec![entry(error)],
+            ..base
+        });
     }
-    After::Complete(Completion { status: JobStatus::Failed, errors: vec![entry(error)], ..base })
+    After::Complete(Completion {
+        status: JobStatus::Failed,
+        errors: vec![entry(error)],
+        ..base
+    })
 }

@@ -83,7 +83,9 @@ impl Keeper {
                         q.poke();
                     }
                 }
-                Ok(Event::CancelRequested { job_id }) => self.running.cancel(job_id, CancelReason::Requested),
+                Ok(Event::CancelRequested { job_id }) => {
+                    self.running.cancel(job_id, CancelReason::Requested)
+                }
                 // Missed events: look at everything again.
                 Ok(Event::Resync) | Err(RecvError::Lagged(_)) => {
                     self.queues.iter().for_each(|q| q.poke());

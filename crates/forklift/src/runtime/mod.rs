@@ -34,7 +34,10 @@ pub struct QueueConfig {
 
 impl QueueConfig {
     pub fn new(name: impl Into<String>, concurrency: usize) -> Self {
-        QueueConfig { name: name.into(), concurrency }
+        QueueConfig {
+            name: name.into(),
+            concurrency,
+        }
     }
 }
 
@@ -80,9 +83,19 @@ impl Default for WorkerConfig {
 }
 
 fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
-    let host = if host.is_empty() { "worker".to_string() } else { host };
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "worker".to_string()
+    } else {
+        host
+    };
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 /// A running worker. Call [`Worker::shutdown`] to stop it gracefully; dropping it
@@ -106,7 +119,11 @@ impl Worker {
         let completer = tokio::spawn(completer::run(store.clone(), rx));
         let shared = Arc::new(Shared {
             store: store.clone(),
-            handlers: registry.handlers.into_iter().map(|(k, v)| (k, Arc::new(v))).collect::<HashMap<_, _>>(),
+            handlers: registry
+                .handlers
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect::<HashMap<_, _>>(),
             running: Arc::new(Running::default()),
             completions: tx,
             tasks: TaskTracker::new(),
@@ -115,8 +132,11 @@ impl Worker {
             poll_interval: config.poll_interval,
             lease_ttl: config.lease_ttl,
         });
-        let queues: Vec<Arc<QueueState>> =
-            config.queues.iter().map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1))).collect();
+        let queues: Vec<Arc<QueueState>> = config
+            .queues
+            .iter()
+            .map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1)))
+            .collect();
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let keeper = Arc::new(Keeper {
@@ -131,14 +151,25 @@ impl Worker {
             tokio::spawn(keeper.clone().renew(stop_background.clone())),
             tokio::spawn(keeper.listen(stop_background.clone())),
         ];
-        let maintainer = config.maintenance.map(|m| Arc::new(Maintainer::new(store.clone(), config.id.clone(), m)));
+        let maintainer = config
+            .maintenance
+            .map(|m| Arc::new(Maintainer::new(store.clone(), config.id.clone(), m)));
         if let Some(m) = &maintainer {
             background.push(tokio::spawn(m.clone().run(stop_background.clone())));
         }
         let producers = if shared.handlers.is_empty() {
             Vec::new() // nothing to run: a process that only enqueues, or only maintains
         } else {
-            queues.iter().map(|q| tokio::spawn(producer::run(shared.clone(), q.clone(), stop_fetching.clone()))).collect()
+            queues
+                .iter()
+                .map(|q| {
+                    tokio::spawn(producer::run(
+                        shared.clone(),
+                        q.clone(),
+                        stop_fetching.clone(),
+                    ))
+                })
+                .collect()
         };
         tracing::info!(worker_id = %config.id, queues = config.queues.len(), types = shared.handlers.len(), "worker started");
         Worker {
@@ -167,8 +198,14 @@ impl Worker {
             let _ = p.await;
         }
         let running = &self.shared.running;
-        if tokio::time::timeout(self.grace, running.wait_empty()).await.is_err() {
-            tracing::info!(jobs = running.len(), "grace period over; releasing running jobs");
+        if tokio::time::timeout(self.grace, running.wait_empty())
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                jobs = running.len(),
+                "grace period over; releasing running jobs"
+            );
             running.cancel_all(CancelReason::Shutdown);
             running.abort_all();
         }
@@ -178,7 +215,9 @@ impl Worker {
         if !leftover.is_empty() {
             match self.shared.store.job_release_many(&leftover).await {
                 Ok(n) => tracing::info!(released = n, "released unfinished jobs"),
-                Err(e) => tracing::error!(error = %e, "could not release jobs; the rescuer will retry them"),
+                Err(e) => {
+                    tracing::error!(error = %e, "could not release jobs; the rescuer will retry them")
+                }
             }
         }
         // The completer ends once the last sender is gone and its queue is written.

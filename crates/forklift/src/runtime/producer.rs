@@ -74,12 +74,20 @@ async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &Cancellation
     while !stop.is_cancelled() && queue.maybe_more.swap(false, Ordering::AcqRel) {
         let (mut any_full, mut out_of_room) = (false, false);
         for (types, room) in fetch_classes(shared, queue) {
-            let free = queue.slots.available_permits().min(room).min(shared.fetch_batch);
+            let free = queue
+                .slots
+                .available_permits()
+                .min(room)
+                .min(shared.fetch_batch);
             if free == 0 {
                 out_of_room = true;
                 continue;
             }
-            let permits = queue.slots.clone().try_acquire_many_owned(free as u32).expect("permits were available");
+            let permits = queue
+                .slots
+                .clone()
+                .try_acquire_many_owned(free as u32)
+                .expect("permits were available");
             let params = FetchParams {
                 queue: queue.name.clone(),
                 types,
@@ -132,16 +140,32 @@ fn fetch_classes(shared: &Shared, queue: &QueueState) -> Vec<(Vec<String>, usize
     classes
 }
 
-fn start_all(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>, mut permits: OwnedSemaphorePermit) {
+fn start_all(
+    shared: &Arc<Shared>,
+    queue: &Arc<QueueState>,
+    jobs: Vec<LeasedJob>,
+    mut permits: OwnedSemaphorePermit,
+) {
     for leased in jobs {
         let permit = permits.split(1).expect("one permit per fetched job");
-        *queue.per_type.lock().unwrap().entry(leased.job.job_type.clone()).or_default() += 1;
+        *queue
+            .per_type
+            .lock()
+            .unwrap()
+            .entry(leased.job.job_type.clone())
+            .or_default() += 1;
         let Some(reg) = shared.handlers.get(&leased.job.job_type).cloned() else {
             continue; // unreachable: the fetch asked only for registered types
         };
-        let lease = Lease { job_id: leased.job.job_id, token: leased.lease_token };
-        let timeout =
-            leased.job.timeout_seconds.map(|s| Duration::from_secs(s as u64)).or(reg.options.timeout);
+        let lease = Lease {
+            job_id: leased.job.job_id,
+            token: leased.lease_token,
+        };
+        let timeout = leased
+            .job
+            .timeout_seconds
+            .map(|s| Duration::from_secs(s as u64))
+            .or(reg.options.timeout);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let ctx = JobContext::new(leased.job, deadline);
         shared.running.insert(lease, ctx.clone());
@@ -159,13 +183,21 @@ fn start_all(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>
             );
             finish(&shared2, &queue2, &ctx, after, permit).await;
         });
-        shared.running.set_abort(lease.job_id, handle.abort_handle());
+        shared
+            .running
+            .set_abort(lease.job_id, handle.abort_handle());
     }
     // Permits left over (fewer jobs than asked for) return to the queue here.
     drop(permits);
 }
 
-async fn finish(shared: &Shared, queue: &QueueState, ctx: &JobContext, after: After, permit: OwnedSemaphorePermit) {
+async fn finish(
+    shared: &Shared,
+    queue: &QueueState,
+    ctx: &JobContext,
+    after: After,
+    permit: OwnedSemaphorePermit,
+) {
     shared.running.remove(ctx.job_id());
     match after {
         After::Complete(c) => {

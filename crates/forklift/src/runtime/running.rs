@@ -27,7 +27,14 @@ pub(crate) struct Running {
 
 impl Running {
     pub fn insert(&self, lease: Lease, ctx: JobContext) {
-        self.jobs.lock().unwrap().insert(lease.job_id, RunningJob { lease, ctx, abort: None });
+        self.jobs.lock().unwrap().insert(
+            lease.job_id,
+            RunningJob {
+                lease,
+                ctx,
+                abort: None,
+            },
+        );
     }
 
     /// Records the task, unless the job already finished (its task can be that quick).
@@ -51,7 +58,12 @@ impl Running {
     }
 
     pub fn leases(&self) -> Vec<Lease> {
-        self.jobs.lock().unwrap().values().map(|j| j.lease).collect()
+        self.jobs
+            .lock()
+            .unwrap()
+            .values()
+            .map(|j| j.lease)
+            .collect()
     }
 
     /// Fires the job's token if it runs here (and under the same lease, when given).
@@ -78,7 +90,14 @@ impl Running {
     /// The progress that changed since the last call, for one batched write.
     pub fn progress_updates(&self) -> Vec<ProgressUpdate> {
         let jobs = self.jobs.lock().unwrap();
-        jobs.values().filter_map(|j| j.ctx.take_progress().map(|progress| ProgressUpdate { lease: j.lease, progress })).collect()
+        jobs.values()
+            .filter_map(|j| {
+                j.ctx.take_progress().map(|progress| ProgressUpdate {
+                    lease: j.lease,
+                    progress,
+                })
+            })
+            .collect()
     }
 
     /// Resolves once nothing runs.

@@ -38,11 +38,18 @@ pub struct Notifier {
 
 impl Notifier {
     pub fn new() -> Arc<Self> {
-        Arc::new(Notifier { pending: Mutex::default(), wake: Notify::new() })
+        Arc::new(Notifier {
+            pending: Mutex::default(),
+            wake: Notify::new(),
+        })
     }
 
     pub fn jobs_available<'a>(&self, queues: impl IntoIterator<Item = &'a str>) {
-        self.pending.lock().unwrap().queues.extend(queues.into_iter().map(str::to_owned));
+        self.pending
+            .lock()
+            .unwrap()
+            .queues
+            .extend(queues.into_iter().map(str::to_owned));
         self.wake.notify_one();
     }
 
@@ -85,7 +92,12 @@ impl Notifier {
 /// A listener can die quietly (a proxy drops the connection, the server restarts), so it
 /// is pinged every `ping_every`; when it fails it is replaced, and a `Resync` tells the
 /// workers to look at the database for whatever was missed meanwhile.
-pub async fn listen(pool: PgPool, events: broadcast::Sender<Event>, stop: CancellationToken, ping_every: Duration) {
+pub async fn listen(
+    pool: PgPool,
+    events: broadcast::Sender<Event>,
+    stop: CancellationToken,
+    ping_every: Duration,
+) {
     loop {
         let mut listener = match connect(&pool).await {
             Ok(l) => l,
@@ -130,7 +142,9 @@ async fn connect(pool: &PgPool) -> sqlx::Result<PgListener> {
 
 fn forward(events: &broadcast::Sender<Event>, channel: &str, payload: &str) {
     let event = match channel {
-        JOBS_CHANNEL => Event::JobsAvailable { queue: payload.to_string() },
+        JOBS_CHANNEL => Event::JobsAvailable {
+            queue: payload.to_string(),
+        },
         CANCEL_CHANNEL => match Uuid::try_parse(payload) {
             Ok(id) => Event::CancelRequested { job_id: JobId(id) },
             Err(_) => return,

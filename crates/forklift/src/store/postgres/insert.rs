@@ -14,7 +14,11 @@ use crate::store::Inserted;
 /// Inserts `jobs` (already validated) with one `unnest` statement: one round trip for
 /// up to 10,000 jobs. A job whose unique key an unfinished job holds is not inserted;
 /// that job is looked up and returned instead.
-pub async fn insert_many(conn: &mut PgConnection, tenant: TenantId, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    tenant: TenantId,
+    jobs: &[NewJob],
+) -> Result<Vec<Inserted>> {
     let ids: Vec<Uuid> = jobs.iter().map(|_| JobId::new().0).collect();
     let mut out: Vec<Option<Inserted>> = vec![None; jobs.len()];
     let mut todo: Vec<usize> = (0..jobs.len()).collect();
@@ -26,14 +30,22 @@ pub async fn insert_many(conn: &mut PgConnection, tenant: TenantId, jobs: &[NewJ
         let mut conflicted = Vec::new();
         for &i in &todo {
             match by_id.remove(&ids[i]) {
-                Some(row) => out[i] = Some(Inserted { job: row.into_job(), inserted: true }),
+                Some(row) => {
+                    out[i] = Some(Inserted {
+                        job: row.into_job(),
+                        inserted: true,
+                    })
+                }
                 None => conflicted.push(i),
             }
         }
         if conflicted.is_empty() {
             break;
         }
-        let keys: Vec<&str> = conflicted.iter().filter_map(|&i| jobs[i].unique_key.as_deref()).collect();
+        let keys: Vec<&str> = conflicted
+            .iter()
+            .filter_map(|&i| jobs[i].unique_key.as_deref())
+            .collect();
         let holders: Vec<JobRow> = sqlx::query_as(&format!(
             "select {JOB_COLUMNS} from forklift_jobs
              where tenant_id = $1 and unique_key = any($2) and status in ('QUEUED', 'RUNNING')"
@@ -42,14 +54,19 @@ pub async fn insert_many(conn: &mut PgConnection, tenant: TenantId, jobs: &[NewJ
         .bind(&keys)
         .fetch_all(&mut *conn)
         .await?;
-        let holders: HashMap<String, JobRow> =
-            holders.into_iter().map(|r| (r.unique_key.clone().unwrap_or_default(), r)).collect();
+        let holders: HashMap<String, JobRow> = holders
+            .into_iter()
+            .map(|r| (r.unique_key.clone().unwrap_or_default(), r))
+            .collect();
         todo.clear();
         for i in conflicted {
             let key = jobs[i].unique_key.as_deref().unwrap_or_default();
             match holders.get(key) {
                 Some(row) => {
-                    out[i] = Some(Inserted { job: row.clone().into_job(), inserted: false });
+                    out[i] = Some(Inserted {
+                        job: row.clone().into_job(),
+                        inserted: false,
+                    });
                 }
                 None => todo.push(i),
             }
@@ -59,7 +76,9 @@ pub async fn insert_many(conn: &mut PgConnection, tenant: TenantId, jobs: &[NewJ
         }
     }
     out.into_iter()
-        .map(|o| o.ok_or_else(|| Error::invalid("unique_key", "the key's job kept changing; try again")))
+        .map(|o| {
+            o.ok_or_else(|| Error::invalid("unique_key", "the key's job kept changing; try again"))
+        })
         .collect()
 }
 
@@ -76,11 +95,19 @@ async fn insert_rows(
     let priority: Vec<i16> = which.iter().map(|&i| jobs[i].priority).collect();
     let payload: Vec<serde_json::Value> = which.iter().map(|&i| jobs[i].payload.clone()).collect();
     let max_attempts: Vec<i32> = which.iter().map(|&i| jobs[i].max_attempts).collect();
-    let run_at: Vec<Option<chrono::DateTime<chrono::Utc>>> = which.iter().map(|&i| jobs[i].run_at).collect();
-    let delay: Vec<Option<f64>> = which.iter().map(|&i| jobs[i].delay.map(|d| d.as_secs_f64())).collect();
+    let run_at: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        which.iter().map(|&i| jobs[i].run_at).collect();
+    let delay: Vec<Option<f64>> = which
+        .iter()
+        .map(|&i| jobs[i].delay.map(|d| d.as_secs_f64()))
+        .collect();
     let timeout: Vec<Option<i32>> = which.iter().map(|&i| jobs[i].timeout_seconds).collect();
-    let unique_key: Vec<Option<String>> = which.iter().map(|&i| jobs[i].unique_key.clone()).collect();
-    let tags: Vec<serde_json::Value> = which.iter().map(|&i| serde_json::json!(jobs[i].tags)).collect();
+    let unique_key: Vec<Option<String>> =
+        which.iter().map(|&i| jobs[i].unique_key.clone()).collect();
+    let tags: Vec<serde_json::Value> = which
+        .iter()
+        .map(|&i| serde_json::json!(jobs[i].tags))
+        .collect();
     let rows = sqlx::query_as(&format!(
         "insert into forklift_jobs
             (id, tenant_id, job_type, queue, priority, payload, max_attempts, run_at, timeout_seconds, unique_key, tags)

@@ -5,8 +5,11 @@ use sqlx::{Executor, PgConnection, PgPool};
 use crate::error::{Error, Result};
 
 /// Each migration: its version, a name, and its SQL. Append only; never edit a shipped one.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "jobs", include_str!("../../../migrations/postgres/0001_jobs.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "jobs",
+    include_str!("../../../migrations/postgres/0001_jobs.sql"),
+)];
 
 /// Applies the migrations this database lacks, in one transaction.
 ///

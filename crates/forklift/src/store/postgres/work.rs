@@ -10,7 +10,9 @@ use uuid::Uuid;
 use super::row::{JOB_COLUMNS, JobRow};
 use crate::error::Result;
 use crate::job::{JobId, JobStatus};
-use crate::store::{Completion, FetchParams, Lease, LeaseStatus, LeasedJob, ProgressUpdate, RescueParams, Rescued};
+use crate::store::{
+    Completion, FetchParams, Lease, LeaseStatus, LeasedJob, ProgressUpdate, RescueParams, Rescued,
+};
 
 fn split(leases: &[Lease]) -> (Vec<Uuid>, Vec<Uuid>) {
     leases.iter().map(|l| (l.job_id.0, l.token)).unzip()
@@ -48,11 +50,20 @@ pub async fn fetch(pool: &PgPool, p: &FetchParams) -> Result<Vec<LeasedJob>> {
         .into_iter()
         .map(|r| {
             let lease_token = r.lease_token.expect("a running job has a lease token");
-            LeasedJob { job: r.into_job(), lease_token }
+            LeasedJob {
+                job: r.into_job(),
+                lease_token,
+            }
         })
         .collect();
     // RETURNING does not keep the CTE's order; run in the order the queue promised.
-    leased.sort_by(|a, b| (a.job.priority, a.job.run_at, a.job.job_id).cmp(&(b.job.priority, b.job.run_at, b.job.job_id)));
+    leased.sort_by(|a, b| {
+        (a.job.priority, a.job.run_at, a.job.job_id).cmp(&(
+            b.job.priority,
+            b.job.run_at,
+            b.job.job_id,
+        ))
+    });
     Ok(leased)
 }
 
@@ -72,7 +83,13 @@ pub async fn heartbeat(pool: &PgPool, leases: &[Lease], ttl: Duration) -> Result
     .bind(ttl.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().map(|(id, c)| LeaseStatus { job_id: JobId(id), cancel_requested: c }).collect())
+    Ok(rows
+        .into_iter()
+        .map(|(id, c)| LeaseStatus {
+            job_id: JobId(id),
+            cancel_requested: c,
+        })
+        .collect())
 }
 
 pub async fn progress(pool: &PgPool, updates: &[ProgressUpdate]) -> Result<()> {
@@ -143,8 +160,15 @@ pub async fn complete(pool: &PgPool, cs: &[Completion]) -> Result<(Vec<JobId>, V
     .bind(&progress)
     .fetch_all(pool)
     .await?;
-    let requeued = rows.iter().filter(|(_, s, _)| s == "QUEUED").map(|(_, _, q)| q.clone()).collect();
-    Ok((rows.into_iter().map(|(id, _, _)| JobId(id)).collect(), requeued))
+    let requeued = rows
+        .iter()
+        .filter(|(_, s, _)| s == "QUEUED")
+        .map(|(_, _, q)| q.clone())
+        .collect();
+    Ok((
+        rows.into_iter().map(|(id, _, _)| JobId(id)).collect(),
+        requeued,
+    ))
 }
 
 /// Returns how many were released and their queues.
