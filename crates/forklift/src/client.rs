@@ -2,13 +2,10 @@
 
 use std::sync::Arc;
 
-use sqlx::PgConnection;
-
 use crate::error::Result;
 use crate::job::{Job, JobId, TenantId};
 use crate::new_job::{JobArgs, NewJob};
-use crate::store::postgres::PgStore;
-use crate::store::{Inserted, JobPage, ListParams, Store};
+use crate::store::{Inserted, JobPage, ListParams, Store, TxConnection};
 
 /// Enqueues and manages jobs, acting for one tenant. Cheap to clone.
 #[derive(Clone)]
@@ -20,12 +17,18 @@ pub struct Client {
 impl Client {
     /// A client for the default tenant (what a single-tenant application wants).
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Client { store, tenant: TenantId::DEFAULT }
+        Client {
+            store,
+            tenant: TenantId::DEFAULT,
+        }
     }
 
     /// The same store, acting for another tenant.
     pub fn for_tenant(&self, tenant: TenantId) -> Client {
-        Client { store: self.store.clone(), tenant }
+        Client {
+            store: self.store.clone(),
+            tenant,
+        }
     }
 
     pub fn tenant(&self) -> TenantId {
@@ -39,7 +42,10 @@ impl Client {
     /// Enqueues one job. With a unique key that an unfinished job holds, returns that job
     /// with `inserted: false` and enqueues nothing.
     pub async fn enqueue(&self, job: NewJob) -> Result<Inserted> {
-        let mut one = self.store.job_insert_many(self.tenant, std::slice::from_ref(&job)).await?;
+        let mut one = self
+            .store
+            .job_insert_many(self.tenant, std::slice::from_ref(&job))
+            .await?;
         Ok(one.pop().expect("one job in, one result out"))
     }
 
@@ -53,8 +59,9 @@ impl Client {
         self.store.job_insert_many(self.tenant, jobs).await
     }
 
-    /// Enqueues inside the caller's PostgreSQL transaction (or connection): the job
-    /// exists if and only if that transaction commits.
+    /// Enqueues inside the caller's transaction (or on its connection): the job exists if
+    /// and only if that transaction commits. The connection is the application's own, on
+    /// the database the store uses: PostgreSQL or SQLite (see [`TxConnection`]).
     ///
     /// ```no_run
     /// # async fn f(pool: sqlx::PgPool, client: forklift::Client) -> forklift::Result<()> {
@@ -64,14 +71,30 @@ impl Client {
     /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn enqueue_in(&self, conn: &mut PgConnection, job: NewJob) -> Result<Inserted> {
-        let mut one = PgStore::job_insert_many_in(conn, self.tenant, std::slice::from_ref(&job)).await?;
+    ///
+    /// On SQLite, begin the transaction with `BEGIN IMMEDIATE`, as for any SQLite write:
+    ///
+    /// ```no_run
+    /// # async fn f(store: forklift::SqliteStore, client: forklift::Client) -> forklift::Result<()> {
+    /// let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    /// client.enqueue_in(&mut tx, forklift::NewJob::new("send_receipt", serde_json::json!({"order": 7}))).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_in(&self, conn: &mut impl TxConnection, job: NewJob) -> Result<Inserted> {
+        let mut one = conn
+            .job_insert_many_in(self.tenant, std::slice::from_ref(&job))
+            .await?;
         Ok(one.pop().expect("one job in, one result out"))
     }
 
-    /// [`Client::enqueue_many`] inside the caller's PostgreSQL transaction.
-    pub async fn enqueue_many_in(&self, conn: &mut PgConnection, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
-        PgStore::job_insert_many_in(conn, self.tenant, jobs).await
+    /// [`Client::enqueue_many`] inside the caller's transaction.
+    pub async fn enqueue_many_in(
+        &self,
+        conn: &mut impl TxConnection,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Inserted>> {
+        conn.job_insert_many_in(self.tenant, jobs).await
     }
 
     pub async fn get(&self, id: JobId) -> Result<Job> {

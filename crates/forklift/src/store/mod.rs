@@ -1,8 +1,10 @@
 //! Where jobs live. [`Store`] is the one seam between the engine and a database:
-//! PostgreSQL now, SQLite next, both held to one conformance suite. All SQL lives below
-//! this module; everything above it speaks in jobs, leases and completions.
+//! PostgreSQL and SQLite, both held to one conformance suite (`tests/store.rs`). All SQL
+//! lives below this module; everything above it speaks in jobs, leases and completions.
 
 pub mod postgres;
+pub mod sqlite;
+mod tx;
 
 use std::time::Duration;
 
@@ -11,9 +13,22 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::{ErrorEntry, Job, JobId, JobStatus, TenantId};
-use crate::new_job::NewJob;
+use crate::new_job::{MAX_BATCH, NewJob};
+
+pub use self::tx::TxConnection;
+
+/// Checks a batch before either store writes any of it.
+pub(crate) fn check_batch(jobs: &[NewJob]) -> Result<()> {
+    if jobs.len() > MAX_BATCH {
+        return Err(Error::invalid(
+            "jobs",
+            format!("at most {MAX_BATCH} jobs per call"),
+        ));
+    }
+    jobs.iter().try_for_each(NewJob::validate)
+}
 
 /// The operations the engine needs from a database. Every state change is one
 /// statement (or one transaction) guarded by the job's status and, for running jobs,
@@ -47,7 +62,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Extends the leases still held; returns those, each with whether a cancel was asked.
     /// A lease missing from the answer was lost (rescued, or the job was finished elsewhere).
-    async fn job_heartbeat_many(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>>;
+    async fn job_heartbeat_many(&self, leases: &[Lease], ttl: Duration)
+    -> Result<Vec<LeaseStatus>>;
 
     /// Records handlers' progress, for leases still held.
     async fn job_progress_many(&self, updates: &[ProgressUpdate]) -> Result<()>;
@@ -127,7 +143,11 @@ pub struct Cursor {
 impl Cursor {
     /// An opaque token for clients: microseconds and the id's hex.
     pub fn encode(&self) -> String {
-        format!("{}_{}", self.created_at.timestamp_micros(), self.id.0.simple())
+        format!(
+            "{}_{}",
+            self.created_at.timestamp_micros(),
+            self.id.0.simple()
+        )
     }
 
     /// Reads a token made by [`Cursor::encode`].

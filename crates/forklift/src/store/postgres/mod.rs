@@ -24,10 +24,10 @@ use self::events::Notifier;
 use self::row::{JOB_COLUMNS, JobRow};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, JobStatus, TenantId};
-use crate::new_job::{MAX_BATCH, NewJob};
+use crate::new_job::NewJob;
 use crate::store::{
-    Completion, Event, FetchParams, Inserted, JobPage, Lease, LeaseStatus, LeasedJob, ListParams, ProgressUpdate,
-    RescueParams, Rescued, Store,
+    Completion, Event, FetchParams, Inserted, JobPage, Lease, LeaseStatus, LeasedJob, ListParams,
+    ProgressUpdate, RescueParams, Rescued, Store, check_batch,
 };
 
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
@@ -103,18 +103,21 @@ impl PgStore {
 
     fn wake_queues<'a>(&self, queues: impl IntoIterator<Item = &'a str> + Clone) {
         for q in queues.clone() {
-            let _ = self.inner.events.send(Event::JobsAvailable { queue: q.to_string() });
+            let _ = self.inner.events.send(Event::JobsAvailable {
+                queue: q.to_string(),
+            });
         }
         self.inner.notifier.jobs_available(queues);
     }
 
     async fn job_get_any(&self, tenant: TenantId, id: JobId) -> Result<Option<Job>> {
-        let row: Option<JobRow> =
-            sqlx::query_as(&format!("select {JOB_COLUMNS} from forklift_jobs where id = $1 and tenant_id = $2"))
-                .bind(id.0)
-                .bind(tenant.0)
-                .fetch_optional(&self.inner.pool)
-                .await?;
+        let row: Option<JobRow> = sqlx::query_as(&format!(
+            "select {JOB_COLUMNS} from forklift_jobs where id = $1 and tenant_id = $2"
+        ))
+        .bind(id.0)
+        .bind(tenant.0)
+        .fetch_optional(&self.inner.pool)
+        .await?;
         Ok(row.map(JobRow::into_job))
     }
 
@@ -131,13 +134,6 @@ impl PgStore {
     }
 }
 
-fn check_batch(jobs: &[NewJob]) -> Result<()> {
-    if jobs.len() > MAX_BATCH {
-        return Err(Error::invalid("jobs", format!("at most {MAX_BATCH} jobs per call")));
-    }
-    jobs.iter().try_for_each(NewJob::validate)
-}
-
 #[async_trait]
 impl Store for PgStore {
     async fn migrate(&self) -> Result<()> {
@@ -151,7 +147,12 @@ impl Store for PgStore {
         }
         let mut conn = self.inner.pool.acquire().await?;
         let inserted = insert::insert_many(&mut conn, tenant, jobs).await?;
-        self.wake_queues(inserted.iter().filter(|i| i.inserted).map(|i| i.job.queue.as_str()));
+        self.wake_queues(
+            inserted
+                .iter()
+                .filter(|i| i.inserted)
+                .map(|i| i.job.queue.as_str()),
+        );
         Ok(inserted)
     }
 
@@ -161,7 +162,9 @@ impl Store for PgStore {
 
     async fn job_list(&self, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
         let limit = p.limit.clamp(1, 500);
-        let mut q = QueryBuilder::new(format!("select {JOB_COLUMNS} from forklift_jobs where tenant_id = "));
+        let mut q = QueryBuilder::new(format!(
+            "select {JOB_COLUMNS} from forklift_jobs where tenant_id = "
+        ));
         q.push_bind(tenant.0);
         if !p.statuses.is_empty() {
             let statuses: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
@@ -183,14 +186,22 @@ impl Store for PgStore {
             q.push(" and created_at < ").push_bind(t);
         }
         if let Some(c) = p.cursor {
-            q.push(" and (created_at, id) < (").push_bind(c.created_at).push(", ").push_bind(c.id.0).push(")");
+            q.push(" and (created_at, id) < (")
+                .push_bind(c.created_at)
+                .push(", ")
+                .push_bind(c.id.0)
+                .push(")");
         }
-        q.push(" order by created_at desc, id desc limit ").push_bind(limit + 1);
+        q.push(" order by created_at desc, id desc limit ")
+            .push_bind(limit + 1);
         let rows: Vec<JobRow> = q.build_query_as().fetch_all(&self.inner.pool).await?;
         let mut jobs: Vec<Job> = rows.into_iter().map(JobRow::into_job).collect();
         let next_cursor = if jobs.len() as i64 > limit {
             jobs.truncate(limit as usize);
-            jobs.last().map(|j| crate::store::Cursor { created_at: j.created_at, id: j.job_id })
+            jobs.last().map(|j| crate::store::Cursor {
+                created_at: j.created_at,
+                id: j.job_id,
+            })
         } else {
             None
         };
@@ -217,7 +228,10 @@ impl Store for PgStore {
             return Err(self.conflict_or_not_found(tenant, id, "cancel").await);
         };
         if job.status == JobStatus::Running {
-            let _ = self.inner.events.send(Event::CancelRequested { job_id: id });
+            let _ = self
+                .inner
+                .events
+                .send(Event::CancelRequested { job_id: id });
             self.inner.notifier.cancel_requested(id);
         }
         Ok(job)
@@ -255,7 +269,11 @@ impl Store for PgStore {
         work::fetch(&self.inner.pool, p).await
     }
 
-    async fn job_heartbeat_many(&self, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>> {
+    async fn job_heartbeat_many(
+        &self,
+        leases: &[Lease],
+        ttl: Duration,
+    ) -> Result<Vec<LeaseStatus>> {
         work::heartbeat(&self.inner.pool, leases, ttl).await
     }
 
@@ -277,7 +295,12 @@ impl Store for PgStore {
 
     async fn job_rescue_lapsed(&self, p: &RescueParams) -> Result<Vec<Rescued>> {
         let rescued = work::rescue(&self.inner.pool, p).await?;
-        self.wake_queues(rescued.iter().filter(|r| r.status == JobStatus::Queued).map(|r| r.queue.as_str()));
+        self.wake_queues(
+            rescued
+                .iter()
+                .filter(|r| r.status == JobStatus::Queued)
+                .map(|r| r.queue.as_str()),
+        );
         Ok(rescued)
     }
 
