@@ -86,6 +86,14 @@ pub async fn ten_thousand_jobs_in_one_call_are_all_inserted_in_order(h: Harness)
     let ids: HashSet<JobId> = inserted.iter().map(|i| i.job.job_id).collect();
     assert_eq!(ids.len(), 10_000);
     assert_eq!(h.count_jobs().await, 10_000);
+    for i in [0, 999, 1_000, 9_999] {
+        let job = &inserted[i].job;
+        assert_eq!(
+            &h.client().get(job.job_id).await.unwrap(),
+            job,
+            "job {i} reads back as returned"
+        );
+    }
     // One transaction, not 10,000 commits: even an unoptimised test build is far quicker.
     assert!(took < Duration::from_secs(10), "10,000 jobs took {took:?}");
 }
@@ -109,6 +117,14 @@ pub async fn a_unique_key_repeated_in_one_batch_makes_one_job(h: Harness) {
     assert_eq!(inserted[1_500].job.job_id, inserted[0].job.job_id);
     assert_eq!(inserted[2_499].job.job_id, inserted[0].job.job_id);
     assert_eq!(h.count_jobs().await, 2_498);
+    for i in [0, 1, 2_498] {
+        let job = &inserted[i].job;
+        assert_eq!(
+            &h.client().get(job.job_id).await.unwrap(),
+            job,
+            "job {i} reads back as returned"
+        );
+    }
 }
 
 pub async fn thirty_two_concurrent_enqueues_of_one_unique_key_make_one_job(h: Harness) {

@@ -94,7 +94,11 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Rows cross from SQLite's thread in a bounded channel (50 by default); batches
+            // return hundreds of rows, which a small channel passes with a context switch
+            // every few dozen.
+            .row_buffer_size(1_024);
         // The writer first: its connection creates the file and switches it to WAL.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
