@@ -18,6 +18,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With no server to run, [`SqliteStore`] keeps everything in one file, with the same
+//! semantics for one machine: `SqliteStore::connect("sqlite://forklift.db")` in place of
+//! the first line.
+//!
 //! Error policy: every fallible call returns [`Error`]; nothing panics on bad input.
 
 pub mod builtin;
