@@ -98,6 +98,20 @@ pub async fn ten_thousand_jobs_in_one_call_are_all_inserted_in_order(h: Harness)
     assert!(took < Duration::from_secs(10), "10,000 jobs took {took:?}");
 }
 
+pub async fn a_batch_that_fails_partway_writes_nothing(h: Harness) {
+    h.refuse_job_type("poison").await;
+    // Far in, so that on SQLite the first chunks were written before the failure.
+    let mut jobs = vec![noop(); 2_500];
+    jobs[2_400] = NewJob::new("poison", json!({}));
+    let err = h.client().enqueue_many(&jobs).await.unwrap_err();
+    assert!(matches!(err, Error::Database(_)), "{err:?}");
+    assert_eq!(h.count_jobs().await, 0);
+    assert!(
+        h.client().enqueue(noop()).await.unwrap().inserted,
+        "the store goes on"
+    );
+}
+
 pub async fn more_than_ten_thousand_jobs_at_once_is_refused(h: Harness) {
     let jobs = vec![noop(); 10_001];
     assert!(matches!(
@@ -257,13 +271,26 @@ pub async fn transactional_enqueue_on_sqlite_exists_only_if_the_transaction_comm
         .await
         .expect("a wake-up for the transactional enqueue");
 
-    // On a bare connection (no transaction of the caller's), a batch is still all or nothing.
-    let bad = vec![noop(), noop().queue("bad queue")];
+    // A batch that fails partway, inside the caller's transaction, is undone (a savepoint)
+    // and leaves the transaction usable: its other writes commit.
+    h.refuse_job_type("poison").await;
+    let mut poisoned = vec![noop(); 2_500];
+    poisoned[2_400] = NewJob::new("poison", json!({}));
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await.unwrap();
+    let kept = client.enqueue_in(&mut tx, noop()).await.unwrap().job.job_id;
+    assert!(client.enqueue_many_in(&mut tx, &poisoned).await.is_err());
+    tx.commit().await.unwrap();
+    assert!(client.get(kept).await.is_ok());
+    assert_eq!(h.count_jobs().await, 2);
+
+    // On a bare connection (no transaction of the caller's) the batch is a transaction of
+    // its own: all or nothing.
     assert!(
-        SqliteStore::job_insert_many_in(&mut conn, TenantId::DEFAULT, &bad)
+        SqliteStore::job_insert_many_in(&mut conn, TenantId::DEFAULT, &poisoned)
             .await
             .is_err()
     );
+    assert_eq!(h.count_jobs().await, 2);
     assert!(
         client
             .enqueue_many_in(&mut conn, &vec![noop(); 3])
@@ -272,5 +299,5 @@ pub async fn transactional_enqueue_on_sqlite_exists_only_if_the_transaction_comm
             .iter()
             .all(|i| i.inserted)
     );
-    assert_eq!(h.count_jobs().await, 4);
+    assert_eq!(h.count_jobs().await, 5);
 }

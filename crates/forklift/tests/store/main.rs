@@ -32,6 +32,7 @@ conformance! {
         invalid_job_is_refused_and_nothing_is_written,
         enqueue_many_keeps_request_order,
         ten_thousand_jobs_in_one_call_are_all_inserted_in_order,
+        a_batch_that_fails_partway_writes_nothing,
         more_than_ten_thousand_jobs_at_once_is_refused,
         a_unique_key_repeated_in_one_batch_makes_one_job,
         thirty_two_concurrent_enqueues_of_one_unique_key_make_one_job,

@@ -195,6 +195,35 @@ impl Harness {
         }
     }
 
+    /// Makes the database refuse, with an error, any job of `job_type` (a trigger): a
+    /// failure in the middle of a batch, which validation cannot produce.
+    pub async fn refuse_job_type(&self, job_type: &str) {
+        match &self.backend {
+            Backend::Pg { schema, .. } => {
+                let sql = format!(
+                    "create function forklift_test_refuse() returns trigger language plpgsql
+                        as $$ begin raise exception 'refused by the test'; end $$;
+                     create trigger forklift_test_refuse before insert on forklift_jobs for each row
+                        when (new.job_type = '{job_type}') execute function forklift_test_refuse();"
+                );
+                sqlx::raw_sql(&sql)
+                    .execute(&schema.pool)
+                    .await
+                    .expect("trigger");
+            }
+            Backend::Sqlite { store, .. } => {
+                let sql = format!(
+                    "create trigger forklift_test_refuse before insert on forklift_jobs
+                     when new.job_type = '{job_type}' begin select raise(abort, 'refused by the test'); end"
+                );
+                sqlx::raw_sql(&sql)
+                    .execute(store.pool())
+                    .await
+                    .expect("trigger");
+            }
+        }
+    }
+
     /// Makes every queued job due now (skips a back-off).
     pub async fn make_due(&self) {
         match &self.backend {
