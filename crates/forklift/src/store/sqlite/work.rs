@@ -71,13 +71,7 @@ pub async fn fetch(conn: &mut SqliteConnection, p: &FetchParams) -> Result<Vec<L
         })
         .collect();
     // RETURNING comes in no promised order; run in the order the queue promised.
-    leased.sort_by(|a, b| {
-        (a.job.priority, a.job.run_at, a.job.job_id).cmp(&(
-            b.job.priority,
-            b.job.run_at,
-            b.job.job_id,
-        ))
-    });
+    leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.job_id));
     Ok(leased)
 }
 
