@@ -3,13 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::PgConnection;
-
 use crate::error::Result;
 use crate::job::{Job, JobId, TenantId};
 use crate::new_job::{JobArgs, NewJob};
-use crate::store::postgres::PgStore;
-use crate::store::{Inserted, JobPage, ListParams, Store};
+use crate::store::{Inserted, JobPage, ListParams, Store, TxConnection};
 
 /// Enqueues and manages jobs, acting for one tenant. Cheap to clone.
 #[derive(Clone)]
@@ -62,8 +59,9 @@ impl Client {
         Ok(inserted)
     }
 
-    /// Enqueues inside the caller's PostgreSQL transaction (or connection): the job
-    /// exists if and only if that transaction commits.
+    /// Enqueues inside the caller's transaction (or on its connection): the job exists if
+    /// and only if that transaction commits. The connection is the application's own, on
+    /// the database the store uses: PostgreSQL or SQLite (see [`TxConnection`]).
     ///
     /// ```no_run
     /// # async fn f(pool: sqlx::PgPool, client: forklift::Client) -> forklift::Result<()> {
@@ -73,20 +71,30 @@ impl Client {
     /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
-    pub async fn enqueue_in(&self, conn: &mut PgConnection, job: NewJob) -> Result<Inserted> {
+    ///
+    /// On SQLite, begin the transaction with `BEGIN IMMEDIATE`, as for any SQLite write:
+    ///
+    /// ```no_run
+    /// # async fn f(store: forklift::SqliteStore, client: forklift::Client) -> forklift::Result<()> {
+    /// let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    /// client.enqueue_in(&mut tx, forklift::NewJob::new("send_receipt", serde_json::json!({"order": 7}))).await?;
+    /// tx.commit().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn enqueue_in(&self, conn: &mut impl TxConnection, job: NewJob) -> Result<Inserted> {
         let mut one = self
             .enqueue_many_in(conn, std::slice::from_ref(&job))
             .await?;
         Ok(one.pop().expect("one job in, one result out"))
     }
 
-    /// [`Client::enqueue_many`] inside the caller's PostgreSQL transaction.
+    /// [`Client::enqueue_many`] inside the caller's transaction.
     pub async fn enqueue_many_in(
         &self,
-        conn: &mut PgConnection,
+        conn: &mut impl TxConnection,
         jobs: &[NewJob],
     ) -> Result<Vec<Inserted>> {
-        let inserted = PgStore::job_insert_many_in(conn, self.tenant, jobs).await?;
+        let inserted = conn.job_insert_many_in(self.tenant, jobs).await?;
         count_enqueued(&inserted);
         Ok(inserted)
     }

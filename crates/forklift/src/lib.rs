@@ -1,4 +1,4 @@
-//! Forklift: a PostgreSQL-backed background job queue and worker framework.
+//! Forklift: a background job queue and worker framework on PostgreSQL or SQLite.
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -17,6 +17,10 @@
 //! worker.shutdown().await;
 //! # Ok(()) }
 //! ```
+//!
+//! With no server to run, [`SqliteStore`] keeps everything in one file, with the same
+//! semantics for one machine: `SqliteStore::connect("sqlite://forklift.db")` in place of
+//! the first line.
 //!
 //! Error policy: every fallible call returns [`Error`]; nothing panics on bad input.
 
@@ -38,7 +42,8 @@ pub use new_job::{JobArgs, MAX_BATCH, NewJob, check_name};
 pub use retry::Backoff;
 pub use runtime::{QueueConfig, Worker, WorkerConfig};
 pub use store::postgres::PgStore;
-pub use store::{Cursor, Inserted, JobPage, ListParams, Store};
+pub use store::sqlite::SqliteStore;
+pub use store::{Cursor, Inserted, JobPage, ListParams, Store, TxConnection};
 pub use worker::{
     CancelReason, Handler, HandlerResult, ItemError, JobContext, JobError, Outcome, Registry,
     TypeOptions,

@@ -1,8 +1,10 @@
 //! Where jobs live. [`Store`] is the one seam between the engine and a database:
-//! PostgreSQL now, SQLite next, both held to one conformance suite. All SQL lives below
-//! this module; everything above it speaks in jobs, leases and completions.
+//! PostgreSQL and SQLite, both held to one conformance suite (`tests/store.rs`). All SQL
+//! lives below this module; everything above it speaks in jobs, leases and completions.
 
 pub mod postgres;
+pub mod sqlite;
+mod tx;
 
 use std::time::Duration;
 
@@ -11,9 +13,22 @@ use chrono::{DateTime, Utc};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::{ErrorEntry, Job, JobId, JobStatus, TenantId};
-use crate::new_job::NewJob;
+use crate::new_job::{MAX_BATCH, NewJob};
+
+pub use self::tx::TxConnection;
+
+/// Checks a batch before either store writes any of it.
+pub(crate) fn check_batch(jobs: &[NewJob]) -> Result<()> {
+    if jobs.len() > MAX_BATCH {
+        return Err(Error::invalid(
+            "jobs",
+            format!("at most {MAX_BATCH} jobs per call"),
+        ));
+    }
+    jobs.iter().try_for_each(NewJob::validate)
+}
 
 /// The operations the engine needs from a database. Every state change is one
 /// statement (or one transaction) guarded by the job's status and, for running jobs,

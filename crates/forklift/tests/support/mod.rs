@@ -1,49 +1,275 @@
-//! Shared set-up for the engine's integration tests: a fresh schema per test on a real
-//! PostgreSQL, migrated, and helpers to wait for a job to reach a state.
+//! Shared set-up for the engine's integration tests, on both stores: a fresh PostgreSQL
+//! schema or a fresh SQLite file per test, migrated; backend-neutral helpers for the few
+//! raw-SQL manipulations tests need; and the [`conformance!`] macro that runs each test
+//! on both.
 #![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use forklift::maintenance::MaintenanceConfig;
-use forklift::{Backoff, Client, Job, JobId, JobStatus, PgStore, Store, WorkerConfig};
+use forklift::{Backoff, Client, Job, JobId, JobStatus, PgStore, SqliteStore, Store, WorkerConfig};
 use forklift_testkit::TestSchema;
+use tempfile::TempDir;
 
-pub struct Db {
-    pub schema: TestSchema,
-    pub store: PgStore,
+/// Instantiates tests written once as `async fn name(h: Harness)`: each name under
+/// `both` as `pg::name` and `sqlite::name`, and the names under `pg` or `sqlite` on that
+/// store only (for what only one database has: row locks, LISTEN, a SQLite connection).
+macro_rules! conformance {
+    (both: [$($both:ident),* $(,)?], pg: [$($pg:ident),* $(,)?], sqlite: [$($sqlite:ident),* $(,)?] $(,)?) => {
+        mod pg {
+            $(#[tokio::test] async fn $both() { super::$both($crate::support::Harness::pg().await).await })*
+            $(#[tokio::test] async fn $pg() { super::$pg($crate::support::Harness::pg().await).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test] async fn $both() { super::$both($crate::support::Harness::sqlite().await).await })*
+            $(#[tokio::test] async fn $sqlite() { super::$sqlite($crate::support::Harness::sqlite().await).await })*
+        }
+    };
+}
+pub(crate) use conformance;
+
+/// One test's database, on one of the two stores.
+pub struct Harness {
+    /// The store under test.
+    pub store: Arc<dyn Store>,
+    backend: Backend,
 }
 
-impl Db {
-    pub async fn new() -> Db {
+enum Backend {
+    Pg {
+        schema: TestSchema,
+        store: PgStore,
+    },
+    /// The directory holds the database file and goes away with the harness.
+    Sqlite {
+        dir: TempDir,
+        store: SqliteStore,
+    },
+}
+
+impl Harness {
+    /// A fresh schema on the test PostgreSQL, migrated.
+    pub async fn pg() -> Harness {
         let schema = forklift_testkit::fresh_schema().await;
         let store = PgStore::from_pool(schema.pool.clone());
         store.migrate().await.expect("migrations apply");
-        Db { schema, store }
+        Harness {
+            store: Arc::new(store.clone()),
+            backend: Backend::Pg { schema, store },
+        }
+    }
+
+    /// A fresh SQLite file in a temporary directory (the file backend that ships, not
+    /// `:memory:`), migrated.
+    pub async fn sqlite() -> Harness {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let store =
+            SqliteStore::connect(dir.path().join("forklift.db").to_str().expect("utf-8 path"))
+                .await
+                .expect("SQLite store opens");
+        store.migrate().await.expect("migrations apply");
+        Harness {
+            store: Arc::new(store.clone()),
+            backend: Backend::Sqlite { dir, store },
+        }
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite { .. })
     }
 
     pub fn dyn_store(&self) -> Arc<dyn Store> {
-        Arc::new(self.store.clone())
+        self.store.clone()
     }
 
     pub fn client(&self) -> Client {
         Client::new(self.dyn_store())
     }
 
-    /// A second, independent store on the same schema: another process, as far as
-    /// connections and LISTEN go.
-    pub async fn other_process(&self) -> PgStore {
-        PgStore::connect(self.schema.connect_options(), 5)
-            .await
-            .expect("second store connects")
+    /// A second, independent store on the same database: another process, as far as
+    /// connections, locks and wake-ups go.
+    pub async fn other_process(&self) -> Arc<dyn Store> {
+        match &self.backend {
+            Backend::Pg { schema, .. } => Arc::new(
+                PgStore::connect(schema.connect_options(), 5)
+                    .await
+                    .expect("second store connects"),
+            ),
+            Backend::Sqlite { .. } => Arc::new(
+                SqliteStore::connect(&self.sqlite_path())
+                    .await
+                    .expect("second store opens"),
+            ),
+        }
     }
 
-    pub async fn sql(&self, sql: &str) {
-        sqlx::query(sql)
-            .execute(&self.schema.pool)
-            .await
-            .expect(sql);
+    pub fn pg_store(&self) -> &PgStore {
+        match &self.backend {
+            Backend::Pg { store, .. } => store,
+            Backend::Sqlite { .. } => panic!("a PostgreSQL-only test ran on SQLite"),
+        }
     }
+
+    pub fn pg_schema(&self) -> &TestSchema {
+        match &self.backend {
+            Backend::Pg { schema, .. } => schema,
+            Backend::Sqlite { .. } => panic!("a PostgreSQL-only test ran on SQLite"),
+        }
+    }
+
+    pub fn sqlite_store(&self) -> &SqliteStore {
+        match &self.backend {
+            Backend::Sqlite { store, .. } => store,
+            Backend::Pg { .. } => panic!("a SQLite-only test ran on PostgreSQL"),
+        }
+    }
+
+    /// The SQLite database file.
+    pub fn sqlite_path(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite { dir, .. } => dir
+                .path()
+                .join("forklift.db")
+                .to_str()
+                .expect("utf-8 path")
+                .to_string(),
+            Backend::Pg { .. } => panic!("a SQLite-only test ran on PostgreSQL"),
+        }
+    }
+
+    /// Runs SQL that both databases understand and that returns one integer.
+    pub async fn scalar(&self, sql: &str) -> i64 {
+        match &self.backend {
+            Backend::Pg { schema, .. } => sqlx::query_scalar(sql)
+                .fetch_one(&schema.pool)
+                .await
+                .expect(sql),
+            Backend::Sqlite { store, .. } => sqlx::query_scalar(sql)
+                .fetch_one(store.pool())
+                .await
+                .expect(sql),
+        }
+    }
+
+    /// How many jobs satisfy `condition`, a WHERE clause both databases understand
+    /// (`status = 'SUCCESS' and attempt = 1`; timestamps differ, so not those).
+    pub async fn count_where(&self, condition: &str) -> i64 {
+        self.scalar(&format!(
+            "select count(*) from forklift_jobs where {condition}"
+        ))
+        .await
+    }
+
+    pub async fn count_jobs(&self) -> i64 {
+        self.count_where("true").await
+    }
+
+    /// Makes every running job's lease lapse a second ago, except those of `except`: their
+    /// workers vanished, as far as the rescuer can tell.
+    pub async fn lapse_leases(&self, except: &[JobId]) {
+        let except: Vec<uuid::Uuid> = except.iter().map(|id| id.0).collect();
+        match &self.backend {
+            Backend::Pg { schema, .. } => {
+                sqlx::query(
+                    "update forklift_jobs set lease_expires_at = now() - interval '1 second'
+                     where status = 'RUNNING' and not (id = any($1))",
+                )
+                .bind(&except)
+                .execute(&schema.pool)
+                .await
+                .expect("lapse leases");
+            }
+            Backend::Sqlite { store, .. } => {
+                let except: Vec<String> = except.iter().map(|u| u.simple().to_string()).collect();
+                sqlx::query(
+                    "update forklift_jobs set lease_expires_at = ?1
+                     where status = 'RUNNING' and id not in (select unhex(value) from json_each(?2))",
+                )
+                .bind(micros_ago(Duration::from_secs(1)))
+                .bind(serde_json::to_string(&except).unwrap())
+                .execute(store.pool())
+                .await
+                .expect("lapse leases");
+            }
+        }
+    }
+
+    /// Makes the database refuse, with an error, any job of `job_type` (a trigger): a
+    /// failure in the middle of a batch, which validation cannot produce.
+    pub async fn refuse_job_type(&self, job_type: &str) {
+        match &self.backend {
+            Backend::Pg { schema, .. } => {
+                let sql = format!(
+                    "create function forklift_test_refuse() returns trigger language plpgsql
+                        as $$ begin raise exception 'refused by the test'; end $$;
+                     create trigger forklift_test_refuse before insert on forklift_jobs for each row
+                        when (new.job_type = '{job_type}') execute function forklift_test_refuse();"
+                );
+                sqlx::raw_sql(&sql)
+                    .execute(&schema.pool)
+                    .await
+                    .expect("trigger");
+            }
+            Backend::Sqlite { store, .. } => {
+                let sql = format!(
+                    "create trigger forklift_test_refuse before insert on forklift_jobs
+                     when new.job_type = '{job_type}' begin select raise(abort, 'refused by the test'); end"
+                );
+                sqlx::raw_sql(&sql)
+                    .execute(store.pool())
+                    .await
+                    .expect("trigger");
+            }
+        }
+    }
+
+    /// Makes every queued job due now (skips a back-off).
+    pub async fn make_due(&self) {
+        match &self.backend {
+            Backend::Pg { schema, .. } => {
+                sqlx::query("update forklift_jobs set run_at = now() where status = 'QUEUED'")
+                    .execute(&schema.pool)
+                    .await
+                    .expect("make due");
+            }
+            Backend::Sqlite { store, .. } => {
+                sqlx::query("update forklift_jobs set run_at = ?1 where status = 'QUEUED'")
+                    .bind(micros_ago(Duration::ZERO))
+                    .execute(store.pool())
+                    .await
+                    .expect("make due");
+            }
+        }
+    }
+
+    /// Moves every finished job's `completed_at` back by `by`.
+    pub async fn age_finished(&self, by: Duration) {
+        match &self.backend {
+            Backend::Pg { schema, .. } => {
+                sqlx::query(
+                    "update forklift_jobs set completed_at = completed_at - make_interval(secs => $1)
+                     where completed_at is not null",
+                )
+                .bind(by.as_secs_f64())
+                .execute(&schema.pool)
+                .await
+                .expect("age finished jobs");
+            }
+            Backend::Sqlite { store, .. } => {
+                sqlx::query("update forklift_jobs set completed_at = completed_at - ?1 where completed_at is not null")
+                    .bind(by.as_micros() as i64)
+                    .execute(store.pool())
+                    .await
+                    .expect("age finished jobs");
+            }
+        }
+    }
+}
+
+/// Microseconds since the epoch, `ago` before now: SQLite's stored time.
+fn micros_ago(ago: Duration) -> i64 {
+    chrono::Utc::now().timestamp_micros() - ago.as_micros() as i64
 }
 
 /// A worker config for tests: quick to react, no maintenance unless asked.

@@ -27,10 +27,11 @@ use self::events::Notifier;
 use self::row::{JOB_COLUMNS, JobRow};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, JobStatus, TenantId};
-use crate::new_job::{MAX_BATCH, NewJob};
+use crate::new_job::NewJob;
 use crate::store::{
     ApiKeyInfo, Completion, Event, FetchParams, Inserted, JobCount, JobPage, Lease, LeaseStatus,
     LeasedJob, ListParams, ProgressUpdate, RecentStats, RescueParams, Rescued, Store, Tenant,
+    check_batch,
 };
 
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
@@ -138,16 +139,6 @@ impl PgStore {
             Err(e) => e,
         }
     }
-}
-
-fn check_batch(jobs: &[NewJob]) -> Result<()> {
-    if jobs.len() > MAX_BATCH {
-        return Err(Error::invalid(
-            "jobs",
-            format!("at most {MAX_BATCH} jobs per call"),
-        ));
-    }
-    jobs.iter().try_for_each(NewJob::validate)
 }
 
 #[async_trait]

@@ -1,0 +1,257 @@
+//! The worker's side of the table: claim, renew, report, finish, release, rescue.
+//!
+//! Each takes a whole batch in one statement, as on PostgreSQL: the batch travels as one
+//! JSON array parameter that `json_each` turns into rows (SQLite's `unnest`), ids as hex
+//! that `unhex` turns back into blobs, and `update ... from` joins it to the jobs. Every
+//! function runs on a connection inside a `BEGIN IMMEDIATE` transaction: SQLite has one
+//! writer, so no other write can come between the guard and the change, and the claim
+//! needs no `SKIP LOCKED`.
+
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::SqliteConnection;
+use uuid::Uuid;
+
+use super::row::{JOB_COLUMNS, JobRow, duration_micros, hex, now_micros};
+use crate::error::Result;
+use crate::job::{JobId, JobStatus};
+use crate::store::{
+    Completion, FetchParams, Lease, LeaseStatus, LeasedJob, ProgressUpdate, RescueParams, Rescued,
+};
+
+/// A fresh random (version 4) uuid per row, for lease tokens: SQLite has no uuid
+/// function, so it is spelled from random hex with the version and variant digits set.
+const NEW_TOKEN: &str = "unhex(hex(randomblob(6)) || '4' || substr(hex(randomblob(2)), 2) \
+    || substr('89AB', 1 + (random() & 3), 1) || substr(hex(randomblob(8)), 2))";
+
+/// The batch of leases as rows `t(job, token)`, from the JSON array in parameter `?2`.
+const LEASE_ROWS: &str = "(select unhex(value ->> 'id') as job, unhex(value ->> 'token') as token from json_each(?2)) as t";
+
+fn leases_json(leases: &[Lease]) -> String {
+    let rows: Vec<_> = leases
+        .iter()
+        .map(|l| json!({"id": hex(l.job_id.0), "token": hex(l.token)}))
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+pub async fn fetch(conn: &mut SqliteConnection, p: &FetchParams) -> Result<Vec<LeasedJob>> {
+    let now = now_micros();
+    // The paused-queue check is per tenant; the table is tiny and usually empty.
+    let rows: Vec<JobRow> = sqlx::query_as(&format!(
+        "update forklift_jobs set
+            status = 'RUNNING', attempt = attempt + 1, started_at = ?1, updated_at = ?1,
+            lease_owner = ?5, lease_token = {NEW_TOKEN}, lease_expires_at = ?6
+         where id in (
+            select id from forklift_jobs j
+            where status = 'QUEUED' and queue = ?2 and run_at <= ?1
+              and job_type in (select value from json_each(?3))
+              and not exists (select 1 from forklift_queue_pauses p where p.tenant_id = j.tenant_id and p.queue = j.queue)
+            order by priority, run_at, id
+            limit ?4)
+         returning {JOB_COLUMNS}"
+    ))
+    .bind(now)
+    .bind(&p.queue)
+    .bind(serde_json::to_string(&p.types).expect("strings serialize"))
+    .bind(p.limit)
+    .bind(&p.worker_id)
+    .bind(now.saturating_add(duration_micros(p.lease_ttl)))
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut leased: Vec<LeasedJob> = rows
+        .into_iter()
+        .map(|r| {
+            let lease_token = r.lease_token.expect("a running job has a lease token");
+            LeasedJob {
+                job: r.into_job(),
+                lease_token,
+            }
+        })
+        .collect();
+    // RETURNING comes in no promised order; run in the order the queue promised.
+    leased.sort_by_key(|l| (l.job.priority, l.job.run_at, l.job.job_id));
+    Ok(leased)
+}
+
+pub async fn heartbeat(
+    conn: &mut SqliteConnection,
+    leases: &[Lease],
+    ttl: Duration,
+) -> Result<Vec<LeaseStatus>> {
+    let rows: Vec<(Uuid, bool)> = sqlx::query_as(&format!(
+        "update forklift_jobs as j set lease_expires_at = ?1
+         from {LEASE_ROWS}
+         where j.id = t.job and j.lease_token = t.token and j.status = 'RUNNING'
+         returning id, cancel_requested"
+    ))
+    .bind(now_micros().saturating_add(duration_micros(ttl)))
+    .bind(leases_json(leases))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, c)| LeaseStatus {
+            job_id: JobId(id),
+            cancel_requested: c,
+        })
+        .collect())
+}
+
+pub async fn progress(conn: &mut SqliteConnection, updates: &[ProgressUpdate]) -> Result<()> {
+    let rows: Vec<_> = updates
+        .iter()
+        .map(|u| {
+            json!({"id": hex(u.lease.job_id.0), "token": hex(u.lease.token), "progress": u.progress.clamp(0, 100)})
+        })
+        .collect();
+    sqlx::query(
+        "update forklift_jobs as j set progress = t.new_progress, updated_at = ?1
+         from (select unhex(value ->> 'id') as job, unhex(value ->> 'token') as token,
+                      value ->> 'progress' as new_progress
+               from json_each(?2)) as t
+         where j.id = t.job and j.lease_token = t.token and j.status = 'RUNNING'",
+    )
+    .bind(now_micros())
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Returns the accepted ids, and the queues of the jobs that went back to `QUEUED`.
+pub async fn complete(
+    conn: &mut SqliteConnection,
+    cs: &[Completion],
+) -> Result<(Vec<JobId>, Vec<String>)> {
+    let rows: Vec<_> = cs
+        .iter()
+        .map(|c| {
+            let mut row = json!({
+                "id": hex(c.lease.job_id.0),
+                "token": hex(c.lease.token),
+                "status": c.status.as_str(),
+                "errors": c.errors,
+                "retry_us": duration_micros(c.retry_in),
+                "give_back": i32::from(c.give_attempt_back),
+                "progress": c.progress.map(|p| p.clamp(0, 100)),
+                "result_url": c.result_url,
+            });
+            // Absent rather than JSON null, so that `->` gives SQL NULL and the job keeps
+            // its result; a handler's explicit `null` result is stored as JSON null.
+            if let Some(result) = &c.result {
+                row["result"] = result.clone();
+            }
+            row
+        })
+        .collect();
+    // The guard `lease_token = t.token and status = 'RUNNING'` is the compare-and-set that
+    // makes a completion from a worker that lost its lease a no-op. A retry of a job whose
+    // cancel was asked meanwhile ends it instead: the cancel wins over the retry. New errors
+    // are appended in order (part, then position) to the job's array.
+    let done: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "update forklift_jobs as j set
+            status = case when t.new_status = 'QUEUED' and j.cancel_requested then 'CANCELLED' else t.new_status end,
+            progress = case when t.new_status = 'SUCCESS' then 100 else coalesce(t.new_progress, j.progress) end,
+            result = coalesce(t.new_result, j.result),
+            result_url = coalesce(t.new_result_url, j.result_url),
+            errors = case when json_array_length(t.new_errors) = 0 then j.errors else (
+                select json_group_array(json(e.value) order by e.part, e.key) from (
+                    select 0 as part, key, value from json_each(j.errors)
+                    union all
+                    select 1 as part, key, value from json_each(t.new_errors)) as e) end,
+            attempt = j.attempt - t.give_back,
+            run_at = case when t.new_status = 'QUEUED' and not j.cancel_requested then ?1 + t.retry_us else j.run_at end,
+            completed_at = case when t.new_status = 'QUEUED' and not j.cancel_requested then null else ?1 end,
+            lease_owner = null, lease_token = null, lease_expires_at = null,
+            updated_at = ?1
+         from (select unhex(value ->> 'id') as job, unhex(value ->> 'token') as token,
+                      value ->> 'status' as new_status, value -> 'result' as new_result,
+                      value ->> 'result_url' as new_result_url, value -> 'errors' as new_errors,
+                      value ->> 'retry_us' as retry_us, value ->> 'give_back' as give_back,
+                      value ->> 'progress' as new_progress
+               from json_each(?2)) as t
+         where j.id = t.job and j.lease_token = t.token and j.status = 'RUNNING'
+         returning id, status, queue",
+    )
+    .bind(now_micros())
+    .bind(serde_json::Value::Array(rows).to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    let requeued = done
+        .iter()
+        .filter(|(_, s, _)| s == "QUEUED")
+        .map(|(_, _, q)| q.clone())
+        .collect();
+    Ok((
+        done.into_iter().map(|(id, _, _)| JobId(id)).collect(),
+        requeued,
+    ))
+}
+
+/// Returns the queues of the released jobs.
+pub async fn release(conn: &mut SqliteConnection, leases: &[Lease]) -> Result<Vec<String>> {
+    // The attempt was not the job's fault: give it back, and keep the job's place in line.
+    let queues: Vec<String> = sqlx::query_scalar(&format!(
+        "update forklift_jobs as j set
+            status = 'QUEUED', attempt = max(j.attempt - 1, 0), started_at = null,
+            lease_owner = null, lease_token = null, lease_expires_at = null, updated_at = ?1
+         from {LEASE_ROWS}
+         where j.id = t.job and j.lease_token = t.token and j.status = 'RUNNING'
+         returning queue"
+    ))
+    .bind(now_micros())
+    .bind(leases_json(leases))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(queues)
+}
+
+pub async fn rescue(conn: &mut SqliteConnection, p: &RescueParams) -> Result<Vec<Rescued>> {
+    let now = chrono::Utc::now();
+    // A lapsed lease means the worker died, hung or was cut off. The attempt it started
+    // counts (it may have had effects): retry with back-off while attempts remain. The
+    // back-off is PostgreSQL's formula in integer microseconds (the bundled SQLite has no
+    // power()): base * 2^(attempt-1), capped, then jittered by up to ±jitter.
+    let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "update forklift_jobs set
+            status = case when cancel_requested then 'CANCELLED'
+                          when attempt >= max_attempts then 'FAILED'
+                          else 'QUEUED' end,
+            errors = json_insert(errors, '$[#]', json_object(
+                'message', 'the lease expired: the worker stopped renewing it (crashed, killed, hung or cut off)',
+                'code', 'lease_expired',
+                'attempt', attempt,
+                'at', ?2,
+                'details', json_object('worker', lease_owner))),
+            run_at = case when not cancel_requested and attempt < max_attempts
+                          then ?1 + cast(min(?4, ?3 * (1 << min(max(attempt - 1, 0), 30)))
+                                         * (1 + ?5 * (2 * ((random() & 1048575) / 1048575.0) - 1)) as integer)
+                          else run_at end,
+            completed_at = case when not cancel_requested and attempt < max_attempts then null else ?1 end,
+            lease_owner = null, lease_token = null, lease_expires_at = null, updated_at = ?1
+         where id in (
+            select id from forklift_jobs
+            where status = 'RUNNING' and lease_expires_at < ?1
+            order by lease_expires_at
+            limit ?6)
+         returning id, status, queue",
+    )
+    .bind(now.timestamp_micros())
+    .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+    .bind(duration_micros(p.backoff.base))
+    .bind(duration_micros(p.backoff.cap))
+    .bind(p.backoff.jitter.clamp(0.0, 1.0))
+    .bind(p.limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, status, queue)| Rescued {
+            job_id: JobId(id),
+            status: status.parse().unwrap_or(JobStatus::Queued),
+            queue,
+        })
+        .collect())
+}

@@ -1,0 +1,67 @@
+//! The worker runtime end to end, on both stores (`pg::name`, `sqlite::name`): handlers
+//! run, fail, retry with back-off, time out, panic, snooze, get cancelled, and shutdown
+//! puts work back. How wake-ups and cancels cross processes differs: PostgreSQL carries
+//! them by NOTIFY (and its listener must survive a dead connection); SQLite's other
+//! processes find jobs by polling and cancels at the next heartbeat.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod outcomes;
+mod signals;
+
+use forklift::{NewJob, Registry, TypeOptions, builtin};
+use support::{conformance, quick_backoff};
+
+use self::outcomes::*;
+use self::signals::*;
+
+conformance! {
+    both: [
+        worker_runs_a_job_to_success_with_its_result,
+        many_jobs_all_finish_once,
+        retryable_failures_back_off_and_then_succeed,
+        a_retry_waits_for_its_back_off,
+        exhausted_attempts_fail_the_job,
+        a_permanent_error_fails_at_once,
+        a_payload_that_does_not_fit_fails_permanently,
+        a_panic_fails_the_attempt_and_the_worker_goes_on,
+        an_attempt_past_its_timeout_is_stopped_and_fails,
+        partial_success_lists_the_failed_items,
+        a_snooze_runs_again_without_using_an_attempt,
+        cancelling_a_running_job_reaches_its_handler_at_once,
+        shutdown_lets_short_jobs_finish,
+        shutdown_releases_jobs_still_running_after_the_grace_without_using_an_attempt,
+        a_job_whose_worker_vanished_is_rescued_and_run_by_another,
+        progress_is_written_while_the_handler_runs,
+        per_type_concurrency_is_respected,
+    ],
+    pg: [
+        cancelling_a_running_job_reaches_its_handler_from_another_process,
+        a_dead_listener_is_replaced_and_wake_ups_resume,
+        a_job_enqueued_in_a_postgres_transaction_wakes_the_worker_on_commit,
+    ],
+    sqlite: [
+        a_cancel_from_another_process_reaches_the_handler_at_its_next_heartbeat,
+        a_job_enqueued_by_another_process_is_found_by_polling,
+        a_job_enqueued_in_a_sqlite_transaction_wakes_the_worker_for_after_commit,
+    ],
+}
+
+fn registry() -> Registry {
+    let mut r = Registry::new();
+    r.register("noop", builtin::Noop);
+    r.register_with(
+        "simulate",
+        builtin::Simulate,
+        TypeOptions {
+            backoff: quick_backoff(),
+            ..TypeOptions::default()
+        },
+    );
+    r
+}
+
+fn simulate(payload: serde_json::Value) -> NewJob {
+    NewJob::new("simulate", payload)
+}

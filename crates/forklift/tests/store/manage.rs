@@ -1,0 +1,487 @@
+//! What a client does with a job: read it back field for field, list, cancel, retry; and
+//! the wake-ups those send to this process.
+
+use std::time::Duration;
+
+use forklift::store::{Completion, Event, ListParams};
+use forklift::{Error, ErrorEntry, JobId, JobStatus, NewJob, TenantId};
+use serde_json::json;
+
+use crate::support::Harness;
+use crate::{completion, error_entry, fetch_one, lease, noop};
+
+pub async fn every_field_round_trips(h: Harness) {
+    let client = h.client();
+    let run_at =
+        chrono::DateTime::from_timestamp_micros(chrono::Utc::now().timestamp_micros() - 5_000_000)
+            .unwrap();
+    let payload =
+        json!({"s": "é ✓", "n": 1.5, "big": 9_007_199_254_740_993u64, "a": [1, null, {"k": true}]});
+    let new = NewJob::new("simulate", payload.clone())
+        .priority(2)
+        .run_at(run_at)
+        .max_attempts(7)
+        .timeout_seconds(90)
+        .unique_key("every-field")
+        .tags(["a", "b"]);
+    let queued = client.enqueue(new).await.unwrap().job;
+    assert_eq!(
+        (
+            queued.job_type.as_str(),
+            queued.priority,
+            queued.max_attempts
+        ),
+        ("simulate", 2, 7)
+    );
+    assert_eq!((queued.run_at, queued.timeout_seconds), (run_at, Some(90)));
+    assert_eq!(
+        (queued.unique_key.as_deref(), queued.tags.clone()),
+        (Some("every-field"), vec!["a".into(), "b".into()])
+    );
+    assert_eq!(queued.payload, payload);
+    assert!(queued.result.is_none() && queued.result_url.is_none() && queued.errors.is_empty());
+    assert!(
+        queued.started_at.is_none() && queued.completed_at.is_none() && !queued.cancel_requested
+    );
+
+    let leased = fetch_one(&h).await;
+    assert_eq!(
+        (leased.job.status, leased.job.attempt),
+        (JobStatus::Running, 1)
+    );
+    assert!(leased.job.started_at.is_some());
+    assert_eq!(
+        leased.lease_token.get_version_num(),
+        4,
+        "a lease token is a random uuid"
+    );
+    let mut done = completion(&leased, JobStatus::PartialSuccess);
+    done.result = Some(json!({"rows": 10, "note": "ünïcode"}));
+    done.result_url = Some("file:///tmp/out.csv".into());
+    done.errors = vec![error_entry("row 3", 1), error_entry("row 7", 1)];
+    done.progress = Some(80);
+    assert_eq!(
+        h.store.job_complete_many(&[done.clone()]).await.unwrap(),
+        [queued.job_id]
+    );
+
+    let job = client.get(queued.job_id).await.unwrap();
+    assert_eq!(job.status, JobStatus::PartialSuccess);
+    assert_eq!((job.progress, job.attempt), (80, 1));
+    assert_eq!(job.result, done.result);
+    assert_eq!(job.result_url, done.result_url);
+    assert_eq!(job.errors, done.errors);
+    assert!(job.completed_at.is_some() && job.updated_at >= job.created_at);
+    assert_eq!(
+        (job.created_at, job.run_at, job.payload.clone()),
+        (queued.created_at, run_at, payload)
+    );
+}
+
+/// The same steps on both stores give the same job, field for field, in its public
+/// (JSON) form; only the id and the clock's readings differ, and those have one format.
+#[tokio::test]
+pub async fn both_stores_return_the_same_job() {
+    async fn lifecycle(h: Harness) -> serde_json::Value {
+        let run_at = "2025-01-02T03:04:05.123456Z".parse().unwrap();
+        let payload = json!({"file": "a.csv", "n": [1, 2.5, null], "nested": {"z": 1, "a": "é"}});
+        let new = NewJob::new("noop", payload)
+            .priority(3)
+            .run_at(run_at)
+            .timeout_seconds(9)
+            .unique_key("u")
+            .tags(["x"]);
+        let id = h.client().enqueue(new).await.unwrap().job.job_id;
+        let leased = fetch_one(&h).await;
+        let at = "2025-01-02T03:04:06.5Z".parse().unwrap();
+        let entry = ErrorEntry {
+            message: "row 3".into(),
+            code: "item_failed".into(),
+            attempt: 1,
+            at,
+            details: json!({"row": 3}),
+        };
+        let done = Completion {
+            errors: vec![entry],
+            progress: Some(70),
+            result_url: Some("https://example.invalid/r".into()),
+            ..completion(&leased, JobStatus::PartialSuccess)
+        };
+        h.store.job_complete_many(&[done]).await.unwrap();
+        let mut job = serde_json::to_value(h.client().get(id).await.unwrap()).unwrap();
+        for key in [
+            "job_id",
+            "created_at",
+            "updated_at",
+            "started_at",
+            "completed_at",
+        ] {
+            let value = job[key].as_str().unwrap_or_else(|| panic!("{key} is set"));
+            if key != "job_id" {
+                let parsed = chrono::DateTime::parse_from_rfc3339(value).unwrap();
+                assert!(
+                    value.ends_with('Z') && parsed.offset().local_minus_utc() == 0,
+                    "{key} = {value} is RFC 3339 UTC"
+                );
+            }
+            job[key] = json!(key);
+        }
+        job
+    }
+    let pg = lifecycle(Harness::pg().await).await;
+    let sqlite = lifecycle(Harness::sqlite().await).await;
+    assert_eq!(pg, sqlite);
+}
+
+pub async fn list_is_newest_first_with_filters_and_a_cursor(h: Harness) {
+    let client = h.client();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let job = if i % 2 == 0 {
+            noop().tags(["even"])
+        } else {
+            NewJob::new("other", json!({})).queue("q2")
+        };
+        ids.push(client.enqueue(job).await.unwrap().job.job_id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = client
+            .list(&ListParams {
+                limit: 3,
+                cursor,
+                ..ListParams::default()
+            })
+            .await
+            .unwrap();
+        seen.extend(page.jobs.iter().map(|j| j.job_id));
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    ids.reverse();
+    assert_eq!(seen, ids, "all jobs, newest first, each once");
+
+    let evens = client
+        .list(&ListParams {
+            tag: Some("even".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(evens.jobs.len(), 4);
+    let q2 = client
+        .list(&ListParams {
+            queue: Some("q2".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(q2.jobs.iter().all(|j| j.job_type == "other") && q2.jobs.len() == 3);
+    let by_type = client
+        .list(&ListParams {
+            job_type: Some("noop".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(by_type.unwrap().jobs.len(), 4);
+    client.cancel(ids[0]).await.unwrap();
+    let cancelled = client
+        .list(&ListParams {
+            statuses: vec![JobStatus::Cancelled],
+            limit: 100,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(
+        cancelled
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.job_id)
+            .collect::<Vec<_>>(),
+        [ids[0]]
+    );
+    let two = ListParams {
+        statuses: vec![JobStatus::Cancelled, JobStatus::Queued],
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(client.list(&two).await.unwrap().jobs.len(), 7);
+}
+
+pub async fn list_filters_by_creation_time(h: Harness) {
+    let client = h.client();
+    let first = client.enqueue(noop()).await.unwrap().job;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = client.enqueue(noop()).await.unwrap().job;
+    let after = ListParams {
+        created_after: Some(first.created_at),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        client
+            .list(&after)
+            .await
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.job_id)
+            .collect::<Vec<_>>(),
+        [second.job_id]
+    );
+    let before = ListParams {
+        created_before: Some(second.created_at),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(
+        client
+            .list(&before)
+            .await
+            .unwrap()
+            .jobs
+            .iter()
+            .map(|j| j.job_id)
+            .collect::<Vec<_>>(),
+        [first.job_id]
+    );
+}
+
+pub async fn cancelling_a_queued_job_ends_it_at_once_and_a_finished_one_conflicts(h: Harness) {
+    let client = h.client();
+    let id = client
+        .enqueue(noop().delay(Duration::from_secs(3600)))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    let job = client.cancel(id).await.unwrap();
+    assert_eq!(job.status, JobStatus::Cancelled);
+    assert!(job.completed_at.is_some() && !job.cancel_requested);
+    match client.cancel(id).await {
+        Err(Error::Conflict { status, .. }) => assert_eq!(status, JobStatus::Cancelled),
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    assert!(matches!(
+        client.cancel(JobId::new()).await,
+        Err(Error::NotFound)
+    ));
+}
+
+pub async fn cancelling_a_running_job_flags_it_and_tells_this_process(h: Harness) {
+    let client = h.client();
+    let id = client.enqueue(noop()).await.unwrap().job.job_id;
+    let leased = fetch_one(&h).await;
+    let mut events = h.store.subscribe();
+    let asked = client.cancel(id).await.unwrap();
+    assert_eq!(
+        (asked.status, asked.cancel_requested),
+        (JobStatus::Running, true)
+    );
+    assert!(asked.completed_at.is_none());
+    let event = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match events.recv().await.unwrap() {
+                Event::CancelRequested { job_id } => return job_id,
+                _ => continue,
+            }
+        }
+    })
+    .await
+    .expect("a cancel event");
+    assert_eq!(event, id);
+    // A worker elsewhere learns it from its next heartbeat.
+    let held = h
+        .store
+        .job_heartbeat_many(&[lease(&leased)], Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!((held.len(), held[0].cancel_requested), (1, true));
+}
+
+pub async fn enqueue_retry_and_resume_wake_this_process(h: Harness) {
+    let client = h.client();
+    let mut events = h.store.subscribe();
+    async fn jobs_available(events: &mut tokio::sync::broadcast::Receiver<Event>, queue: &str) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                if let Event::JobsAvailable { queue: q } = events.recv().await.unwrap()
+                    && q == queue
+                {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no wake-up for {queue}"));
+    }
+    let id = client.enqueue(noop().queue("wq")).await.unwrap().job.job_id;
+    jobs_available(&mut events, "wq").await;
+    client.cancel(id).await.unwrap();
+    client.retry(id).await.unwrap();
+    jobs_available(&mut events, "wq").await;
+    client.pause_queue("paused").await.unwrap();
+    client.resume_queue("paused").await.unwrap();
+    jobs_available(&mut events, "paused").await;
+}
+
+pub async fn retry_requeues_a_finished_job_with_fresh_attempts_and_refuses_a_live_one(h: Harness) {
+    let client = h.client();
+    let id = client.enqueue(noop()).await.unwrap().job.job_id;
+    assert!(matches!(
+        client.retry(id).await,
+        Err(Error::Conflict {
+            status: JobStatus::Queued,
+            ..
+        })
+    ));
+    let leased = fetch_one(&h).await;
+    let mut failed = completion(&leased, JobStatus::Failed);
+    failed.errors = vec![error_entry("boom", 1)];
+    h.store.job_complete_many(&[failed]).await.unwrap();
+    let job = client.retry(id).await.unwrap();
+    assert_eq!(
+        (job.status, job.attempt, job.progress),
+        (JobStatus::Queued, 0, 0)
+    );
+    assert!(job.completed_at.is_none() && job.started_at.is_none());
+    assert_eq!(job.errors.len(), 1, "errors are kept");
+    assert!(matches!(
+        client.retry(JobId::new()).await,
+        Err(Error::NotFound)
+    ));
+}
+
+pub async fn retry_conflicts_while_another_live_job_holds_the_unique_key(h: Harness) {
+    let client = h.client();
+    let first = client
+        .enqueue(noop().unique_key("k"))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    client.cancel(first).await.unwrap();
+    client.enqueue(noop().unique_key("k")).await.unwrap();
+    match client.retry(first).await {
+        Err(Error::Conflict { status, .. }) => assert_eq!(status, JobStatus::Cancelled),
+        other => panic!("expected conflict, got {other:?}"),
+    }
+    assert_eq!(
+        client.get(first).await.unwrap().status,
+        JobStatus::Cancelled,
+        "nothing changed"
+    );
+}
+
+pub async fn tenants_have_unique_names_and_keys_resolve_until_revoked(h: Harness) {
+    let store = &h.store;
+    let acme = store.tenant_create("acme").await.unwrap();
+    assert!(
+        matches!(store.tenant_create("acme").await, Err(forklift::Error::Invalid { ref field, .. }) if field == "name")
+    );
+    assert!(matches!(
+        store.tenant_create(" ").await,
+        Err(forklift::Error::Invalid { .. })
+    ));
+    store
+        .api_key_insert(acme.tenant_id, "abcd1234", "hash-1")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.api_key_tenant("hash-1").await.unwrap(),
+        Some(acme.tenant_id)
+    );
+    assert_eq!(store.api_key_tenant("hash-2").await.unwrap(), None);
+    let keys = store.api_key_list().await.unwrap();
+    assert_eq!(
+        (keys.len(), keys[0].tenant_name.as_str(), keys[0].revoked_at),
+        (1, "acme", None)
+    );
+    assert!(store.api_key_revoke("abcd1234").await.unwrap());
+    assert!(
+        !store.api_key_revoke("abcd1234").await.unwrap(),
+        "revoking twice changes nothing"
+    );
+    assert_eq!(store.api_key_tenant("hash-1").await.unwrap(), None);
+    assert_eq!(store.tenant_list().await.unwrap(), [acme]);
+}
+
+pub async fn counts_depths_and_recent_stats_are_per_tenant(h: Harness) {
+    let a = h.client();
+    let b = a.for_tenant(TenantId(uuid::Uuid::new_v4()));
+    a.enqueue_many(&[noop(), noop().queue("q2"), NewJob::new("other", json!({}))])
+        .await
+        .unwrap();
+    b.enqueue(noop()).await.unwrap();
+    let id = a.enqueue(noop()).await.unwrap().job.job_id;
+    a.cancel(id).await.unwrap();
+    let counts = h.store.job_counts(a.tenant()).await.unwrap();
+    let total: i64 = counts.iter().map(|c| c.count).sum();
+    assert_eq!(total, 4, "{counts:?}");
+    assert!(
+        counts
+            .iter()
+            .any(|c| c.job_type == "other" && c.status == JobStatus::Queued && c.count == 1)
+    );
+    assert!(
+        counts
+            .iter()
+            .any(|c| c.status == JobStatus::Cancelled && c.count == 1)
+    );
+    let depths = h.store.queue_depths().await.unwrap();
+    let queued_default: i64 = depths
+        .iter()
+        .filter(|d| d.queue == "default" && d.status == JobStatus::Queued)
+        .map(|d| d.count)
+        .sum();
+    assert_eq!(
+        queued_default, 3,
+        "all tenants, unfinished only: {depths:?}"
+    );
+    a.pause_queue("q2").await.unwrap();
+    assert_eq!(h.store.queue_paused_list(a.tenant()).await.unwrap(), ["q2"]);
+    assert!(
+        h.store
+            .queue_paused_list(b.tenant())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stats = h
+        .store
+        .job_stats_recent(a.tenant(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(
+        stats.per_minute.is_empty(),
+        "a cancelled job is neither completed nor failed"
+    );
+    assert_eq!((stats.wait_p50, stats.run_p50), (None, None));
+    let leased = fetch_one(&h).await;
+    h.store
+        .job_complete_many(&[completion(&leased, JobStatus::Success)])
+        .await
+        .unwrap();
+    let stats = h
+        .store
+        .job_stats_recent(leased.job.tenant_id, Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(
+        stats
+            .per_minute
+            .iter()
+            .map(|m| (m.completed, m.failed))
+            .collect::<Vec<_>>(),
+        [(1, 0)]
+    );
+    assert!(stats.wait_p50.is_some_and(|w| w >= 0.0) && stats.run_p95.is_some_and(|r| r >= 0.0));
+    h.store.ping().await.unwrap();
+}
