@@ -8,11 +8,30 @@ use std::time::Duration;
 use forklift_server::ApiConfig;
 use reqwest::{Method, StatusCode, header};
 use serde_json::{Value, json};
-use support::{TestApi, error_code};
+use support::{Backend, TestApi, error_code, on_both_stores};
 
-#[tokio::test]
-async fn enqueue_answers_202_with_the_job_and_get_returns_every_field() {
-    let api = TestApi::start().await;
+on_both_stores!(
+    enqueue_answers_202_with_the_job_and_get_returns_every_field,
+    a_live_unique_key_answers_200_with_the_existing_job,
+    bad_input_gets_a_clear_4xx_and_changes_nothing,
+    a_body_over_the_limit_is_refused_with_413,
+    requests_without_a_valid_key_get_401,
+    a_revoked_key_stops_working,
+    unknown_and_malformed_job_ids_answer_404,
+    batch_enqueues_in_order_all_or_nothing,
+    list_filters_and_pages_with_a_cursor,
+    cancel_then_retry_and_the_409s,
+    queues_count_by_status_and_pause_and_resume,
+    stats_count_by_status_type_and_queue,
+    another_tenants_jobs_are_invisible_everywhere,
+    rate_limited_tenants_get_429_with_retry_after,
+    dev_mode_serves_requests_without_a_key_as_the_default_tenant,
+    health_ready_and_metrics_answer,
+    unknown_routes_and_methods_answer_in_the_error_shape,
+);
+
+async fn enqueue_answers_202_with_the_job_and_get_returns_every_field(b: Backend) {
+    let api = TestApi::start(b).await;
     let (status, job) = api
         .post("/jobs", json!({"type": "bulk_import", "payload": {"file_url": "https://x/a.csv", "format": "csv"}}))
         .await;
@@ -55,9 +74,8 @@ async fn enqueue_answers_202_with_the_job_and_get_returns_every_field() {
     assert!(got["created_at"].as_str().unwrap().ends_with('Z'));
 }
 
-#[tokio::test]
-async fn a_live_unique_key_answers_200_with_the_existing_job() {
-    let api = TestApi::start().await;
+async fn a_live_unique_key_answers_200_with_the_existing_job(b: Backend) {
+    let api = TestApi::start(b).await;
     let (s1, first) = api
         .post("/jobs", json!({"type": "noop", "unique_key": "order-7"}))
         .await;
@@ -82,9 +100,8 @@ async fn a_live_unique_key_answers_200_with_the_existing_job() {
     );
 }
 
-#[tokio::test]
-async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
-    let api = TestApi::start().await;
+async fn bad_input_gets_a_clear_4xx_and_changes_nothing(b: Backend) {
+    let api = TestApi::start(b).await;
     let cases = [
         (json!({"payload": {}}), "invalid_field", ""),
         (json!({"type": "has space"}), "invalid_field", "type"),
@@ -169,18 +186,16 @@ async fn bad_input_gets_a_clear_4xx_and_changes_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_body_over_the_limit_is_refused_with_413() {
-    let api = TestApi::start().await;
+async fn a_body_over_the_limit_is_refused_with_413(b: Backend) {
+    let api = TestApi::start(b).await;
     let big = json!({"type": "noop", "payload": {"blob": "x".repeat(1024 * 1024 + 10)}});
     let (status, err) = api.post("/jobs", big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(error_code(&err), "payload_too_large");
 }
 
-#[tokio::test]
-async fn requests_without_a_valid_key_get_401() {
-    let api = TestApi::start().await;
+async fn requests_without_a_valid_key_get_401(b: Backend) {
+    let api = TestApi::start(b).await;
     for key in [
         None,
         Some("fk_00000000_00000000000000000000000000000000"),
@@ -200,13 +215,15 @@ async fn requests_without_a_valid_key_get_401() {
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn a_revoked_key_stops_working() {
-    let api = TestApi::with_config(ApiConfig {
-        key_cache_ttl: Duration::ZERO,
-        rate_limit_per_second: 0,
-        ..ApiConfig::default()
-    })
+async fn a_revoked_key_stops_working(b: Backend) {
+    let api = TestApi::with_config(
+        b,
+        ApiConfig {
+            key_cache_ttl: Duration::ZERO,
+            rate_limit_per_second: 0,
+            ..ApiConfig::default()
+        },
+    )
     .await;
     assert_eq!(api.get("/jobs").await.0, StatusCode::OK);
     let prefix = api.key_a.split('_').nth(1).unwrap();
@@ -214,9 +231,8 @@ async fn a_revoked_key_stops_working() {
     assert_eq!(api.get("/jobs").await.0, StatusCode::UNAUTHORIZED);
 }
 
-#[tokio::test]
-async fn unknown_and_malformed_job_ids_answer_404() {
-    let api = TestApi::start().await;
+async fn unknown_and_malformed_job_ids_answer_404(b: Backend) {
+    let api = TestApi::start(b).await;
     for path in [
         "/jobs/job_31c8927959d5442e90e3a6bc5a9188ec",
         "/jobs/nope",
@@ -233,9 +249,8 @@ async fn unknown_and_malformed_job_ids_answer_404() {
     }
 }
 
-#[tokio::test]
-async fn batch_enqueues_in_order_all_or_nothing() {
-    let api = TestApi::start().await;
+async fn batch_enqueues_in_order_all_or_nothing(b: Backend) {
+    let api = TestApi::start(b).await;
     let jobs: Vec<Value> = (0..50)
         .map(|i| json!({"type": "noop", "payload": {"i": i}}))
         .collect();
@@ -272,9 +287,8 @@ async fn batch_enqueues_in_order_all_or_nothing() {
     );
 }
 
-#[tokio::test]
-async fn list_filters_and_pages_with_a_cursor() {
-    let api = TestApi::start().await;
+async fn list_filters_and_pages_with_a_cursor(b: Backend) {
+    let api = TestApi::start(b).await;
     for i in 0..5 {
         api.post(
             "/jobs",
@@ -338,9 +352,8 @@ async fn list_filters_and_pages_with_a_cursor() {
     }
 }
 
-#[tokio::test]
-async fn cancel_then_retry_and_the_409s() {
-    let api = TestApi::start().await;
+async fn cancel_then_retry_and_the_409s(b: Backend) {
+    let api = TestApi::start(b).await;
     let (_, job) = api
         .post("/jobs", json!({"type": "noop", "delay_seconds": 3600}))
         .await;
@@ -371,9 +384,8 @@ async fn cancel_then_retry_and_the_409s() {
     );
 }
 
-#[tokio::test]
-async fn queues_count_by_status_and_pause_and_resume() {
-    let api = TestApi::start().await;
+async fn queues_count_by_status_and_pause_and_resume(b: Backend) {
+    let api = TestApi::start(b).await;
     api.post("/jobs", json!({"type": "noop", "queue": "imports"}))
         .await;
     let (status, q) = api.post("/queues/imports/pause", json!({})).await;
@@ -400,9 +412,8 @@ async fn queues_count_by_status_and_pause_and_resume() {
     );
 }
 
-#[tokio::test]
-async fn stats_count_by_status_type_and_queue() {
-    let api = TestApi::start().await;
+async fn stats_count_by_status_type_and_queue(b: Backend) {
+    let api = TestApi::start(b).await;
     api.post("/jobs", json!({"type": "noop"})).await;
     api.post("/jobs", json!({"type": "report", "queue": "slow"}))
         .await;
@@ -414,9 +425,8 @@ async fn stats_count_by_status_type_and_queue() {
     assert!(stats["wait_seconds"].get("p50").is_some() && stats["per_minute"].is_array());
 }
 
-#[tokio::test]
-async fn another_tenants_jobs_are_invisible_everywhere() {
-    let api = TestApi::start().await;
+async fn another_tenants_jobs_are_invisible_everywhere(b: Backend) {
+    let api = TestApi::start(b).await;
     let (_, job) = api
         .post(
             "/jobs",
@@ -469,13 +479,15 @@ async fn another_tenants_jobs_are_invisible_everywhere() {
     assert_eq!(a_queues["queues"][0]["paused"], false);
 }
 
-#[tokio::test]
-async fn rate_limited_tenants_get_429_with_retry_after() {
-    let api = TestApi::with_config(ApiConfig {
-        rate_limit_per_second: 1,
-        rate_limit_burst: 2,
-        ..ApiConfig::default()
-    })
+async fn rate_limited_tenants_get_429_with_retry_after(b: Backend) {
+    let api = TestApi::with_config(
+        b,
+        ApiConfig {
+            rate_limit_per_second: 1,
+            rate_limit_burst: 2,
+            ..ApiConfig::default()
+        },
+    )
     .await;
     assert_eq!(api.get("/jobs").await.0, StatusCode::OK);
     assert_eq!(api.get("/jobs").await.0, StatusCode::OK);
@@ -504,13 +516,15 @@ async fn rate_limited_tenants_get_429_with_retry_after() {
     );
 }
 
-#[tokio::test]
-async fn dev_mode_serves_requests_without_a_key_as_the_default_tenant() {
-    let api = TestApi::with_config(ApiConfig {
-        dev: true,
-        rate_limit_per_second: 0,
-        ..ApiConfig::default()
-    })
+async fn dev_mode_serves_requests_without_a_key_as_the_default_tenant(b: Backend) {
+    let api = TestApi::with_config(
+        b,
+        ApiConfig {
+            dev: true,
+            rate_limit_per_second: 0,
+            ..ApiConfig::default()
+        },
+    )
     .await;
     let (status, job) = api
         .call(Method::POST, "/jobs", None, Some(json!({"type": "noop"})))
@@ -540,9 +554,8 @@ async fn dev_mode_serves_requests_without_a_key_as_the_default_tenant() {
     );
 }
 
-#[tokio::test]
-async fn health_ready_and_metrics_answer() {
-    let api = TestApi::start().await;
+async fn health_ready_and_metrics_answer(b: Backend) {
+    let api = TestApi::start(b).await;
     assert_eq!(
         api.call(Method::GET, "/health", None, None).await.0,
         StatusCode::OK
@@ -605,9 +618,8 @@ async fn a_database_that_is_down_gets_a_quick_503_not_a_hang() {
     );
 }
 
-#[tokio::test]
-async fn unknown_routes_and_methods_answer_in_the_error_shape() {
-    let api = TestApi::start().await;
+async fn unknown_routes_and_methods_answer_in_the_error_shape(b: Backend) {
+    let api = TestApi::start(b).await;
     let (status, err) = api.get("/nowhere").await;
     assert_eq!(
         (status, error_code(&err)),

@@ -231,3 +231,53 @@ fn help_documents_every_flag_with_its_environment_variable() {
         assert!(help.contains(var), "serve --help mentions {var}");
     }
 }
+
+#[test]
+fn serve_dev_on_sqlite_runs_the_quick_tour_with_nothing_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("forklift.db").display());
+    let server = Server::start(&db, &["--dev"]);
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .args(["--server", &server.url])
+            .output()
+            .unwrap()
+    };
+    let done = run(&[
+        "enqueue",
+        "simulate",
+        "--payload",
+        r#"{"steps": 2, "step_ms": 20}"#,
+        "--wait",
+    ]);
+    assert_eq!(
+        done.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let partial = run(&[
+        "enqueue",
+        "simulate",
+        "--payload",
+        r#"{"steps": 1, "step_ms": 1, "partial": true}"#,
+        "--wait",
+    ]);
+    assert_eq!(partial.status.code(), Some(2), "PARTIAL_SUCCESS exits 2");
+    let id = String::from_utf8(run(&["enqueue", "noop"]).stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let status = run(&["status", &id, "--follow"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("SUCCESS"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
+    assert!(server.stop().success());
+    assert!(
+        dir.path().join("forklift.db").exists(),
+        "everything is kept in the file"
+    );
+}

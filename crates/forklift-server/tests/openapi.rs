@@ -36,7 +36,7 @@ fn documented(doc: &serde_json::Value) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn every_spec_route_is_documented_and_every_documented_route_is_served() {
-    let api = TestApi::start().await;
+    let api = TestApi::start(support::Backend::Pg).await;
     let (status, doc) = api.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));

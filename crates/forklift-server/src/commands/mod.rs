@@ -8,37 +8,36 @@ pub mod tenant;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use forklift::{PgStore, Store};
+use forklift::{PgStore, SqliteStore, Store};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::cli::sqlite_path;
 
 /// Opens the store a `--database-url` names and brings its schema up to date.
 pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
-    let store: Arc<dyn Store> = if url.starts_with("postgres://")
-        || url.starts_with("postgresql://")
-    {
-        let options: PgConnectOptions = url
-            .parse()
-            .context("DATABASE_URL is not a valid PostgreSQL URL")?;
-        let shown = format!(
-            "{}:{}/{}",
-            options.get_host(),
-            options.get_port(),
-            options.get_database().unwrap_or("")
-        );
-        let store = PgStore::connect(options, 20)
-            .await
-            .with_context(|| format!("could not connect to PostgreSQL at {shown}"))?;
-        Arc::new(store)
-    } else if let Some(path) = sqlite_path(url) {
-        bail!(
-            "SQLite ({}) is not supported by this build yet; set DATABASE_URL to a postgres:// URL",
-            path.display()
-        );
-    } else {
-        bail!("DATABASE_URL must start with postgres:// or sqlite://");
-    };
+    let store: Arc<dyn Store> =
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options: PgConnectOptions = url
+                .parse()
+                .context("DATABASE_URL is not a valid PostgreSQL URL")?;
+            let shown = format!(
+                "{}:{}/{}",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or("")
+            );
+            let store = PgStore::connect(options, 20)
+                .await
+                .with_context(|| format!("could not connect to PostgreSQL at {shown}"))?;
+            Arc::new(store)
+        } else if let Some(path) = sqlite_path(url) {
+            let store = SqliteStore::connect(url).await.with_context(|| {
+                format!("could not open the SQLite database {}", path.display())
+            })?;
+            Arc::new(store)
+        } else {
+            bail!("DATABASE_URL must start with postgres:// or sqlite://");
+        };
     store
         .migrate()
         .await

@@ -1,18 +1,44 @@
 //! A real Jobs API on a loopback port, over a fresh PostgreSQL schema, with two tenants.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use forklift::{Client, PgStore, Store};
+use forklift::{Client, PgStore, SqliteStore, Store};
 use forklift_server::auth::issue_key;
 use forklift_server::{ApiConfig, AppState, router};
 use forklift_testkit::TestSchema;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+/// Which store the API runs on.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Pg,
+    Sqlite,
+}
+
+/// Runs each named test (an `async fn(Backend)`) on both stores, as `pg::name` and `sqlite::name`.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod pg {
+            $(#[tokio::test] async fn $name() { super::$name($crate::support::Backend::Pg).await })*
+        }
+        mod sqlite {
+            $(#[tokio::test] async fn $name() { super::$name($crate::support::Backend::Sqlite).await })*
+        }
+    };
+}
+pub(crate) use on_both_stores;
+
+/// Keeps the database alive as long as the test runs.
+pub enum Db {
+    Pg(TestSchema),
+    Sqlite(tempfile::TempDir),
+}
+
 pub struct TestApi {
-    pub schema: TestSchema,
+    pub db: Db,
     pub store: Arc<dyn Store>,
     pub base: String,
     /// Tenant A's key, and tenant B's.
@@ -31,17 +57,31 @@ pub async fn serve(store: Arc<dyn Store>, config: ApiConfig) -> String {
 }
 
 impl TestApi {
-    pub async fn start() -> TestApi {
-        Self::with_config(ApiConfig {
-            rate_limit_per_second: 0,
-            ..ApiConfig::default()
-        })
+    pub async fn start(backend: Backend) -> TestApi {
+        Self::with_config(
+            backend,
+            ApiConfig {
+                rate_limit_per_second: 0,
+                ..ApiConfig::default()
+            },
+        )
         .await
     }
 
-    pub async fn with_config(config: ApiConfig) -> TestApi {
-        let schema = forklift_testkit::fresh_schema().await;
-        let store: Arc<dyn Store> = Arc::new(PgStore::from_pool(schema.pool.clone()));
+    pub async fn with_config(backend: Backend, config: ApiConfig) -> TestApi {
+        let (db, store): (Db, Arc<dyn Store>) = match backend {
+            Backend::Pg => {
+                let schema = forklift_testkit::fresh_schema().await;
+                let store = Arc::new(PgStore::from_pool(schema.pool.clone()));
+                (Db::Pg(schema), store)
+            }
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().unwrap();
+                let path = dir.path().join("api.db");
+                let store = SqliteStore::connect(path.to_str().unwrap()).await.unwrap();
+                (Db::Sqlite(dir), Arc::new(store))
+            }
+        };
         store.migrate().await.unwrap();
         let a = store.tenant_create("tenant-a").await.unwrap();
         let b = store.tenant_create("tenant-b").await.unwrap();
@@ -49,7 +89,7 @@ impl TestApi {
         let key_b = issue_key(&*store, b.tenant_id).await.unwrap().key;
         let base = serve(store.clone(), config).await;
         TestApi {
-            schema,
+            db,
             store,
             base,
             key_a,

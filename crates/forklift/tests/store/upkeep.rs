@@ -132,7 +132,12 @@ pub async fn migrations_are_safe_to_run_concurrently_and_again(h: Harness) {
     a.unwrap();
     b.unwrap();
     let applied = h.scalar("select count(*) from forklift_migrations").await;
-    assert_eq!(applied, h.scalar("select cast(max(version) as bigint) from forklift_migrations").await, "each version once");
+    assert_eq!(
+        applied,
+        h.scalar("select cast(max(version) as bigint) from forklift_migrations")
+            .await,
+        "each version once"
+    );
     assert!(applied >= 2);
 }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use forklift::{PgStore, Store};
+use forklift::{PgStore, SqliteStore, Store};
 use sqlx::postgres::PgConnectOptions;
 
 use crate::cli::sqlite_path;
@@ -71,12 +71,16 @@ impl Fresh {
     }
 
     /// The store, and the PostgreSQL store behind it when there is one (for transactions).
-    pub(crate) async fn stores(&self) -> anyhow::Result<(Arc<dyn Store>, Option<PgStore>)> {
+    pub(crate) async fn stores(&self) -> anyhow::Result<(Arc<dyn Store>, Concrete)> {
         if let Some(path) = sqlite_path(&self.url) {
-            bail!(
-                "SQLite benchmarks need the SQLite store ({})",
-                path.display()
-            );
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.clone().into_os_string();
+                file.push(suffix);
+                let _ = std::fs::remove_file(file);
+            }
+            let store = SqliteStore::connect(&self.url).await?;
+            store.migrate().await?;
+            return Ok((Arc::new(store.clone()), Concrete::Sqlite(store)));
         }
         let admin = sqlx::PgPool::connect(&self.url)
             .await
@@ -94,7 +98,7 @@ impl Fresh {
             .options([("search_path", "forklift_bench")]);
         let store = PgStore::connect(options, 40).await?;
         store.migrate().await?;
-        Ok((Arc::new(store.clone()), Some(store)))
+        Ok((Arc::new(store.clone()), Concrete::Pg(store)))
     }
 
     pub(crate) fn backend(&self) -> &'static str {
@@ -104,6 +108,12 @@ impl Fresh {
             "postgres"
         }
     }
+}
+
+/// The store under the `dyn Store`, for what only it offers (the caller's transaction).
+pub(crate) enum Concrete {
+    Pg(PgStore),
+    Sqlite(SqliteStore),
 }
 
 /// Measurements by name: (unit, one value per run).

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use forklift::{
     Client, Handler, HandlerResult, JobContext, JobStatus, ListParams, NewJob, Outcome,
-    QueueConfig, Registry, Worker, WorkerConfig, builtin,
+    QueueConfig, Registry, TxConnection, Worker, WorkerConfig, builtin,
 };
 use serde::Deserialize;
 
-use super::{BenchArgs, Fresh, Results};
+use super::{BenchArgs, Concrete, Fresh, Results};
 use crate::http::{ApiConfig, AppState, router};
 
 fn noop() -> NewJob {
@@ -109,15 +109,18 @@ pub async fn burndown(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> any
     let client = Client::new(store.clone());
     let jobs = vec![noop(); args.jobs.min(forklift::MAX_BATCH)];
     // All jobs committed at once: calls of 10,000 inside one transaction.
-    let pg = pg.context("burn-down needs a store with transactions")?;
-    let mut tx = pg.pool().begin().await?;
-    let mut left = args.jobs;
-    while left > 0 {
-        let k = left.min(jobs.len());
-        client.enqueue_many_in(&mut tx, &jobs[..k]).await?;
-        left -= k;
+    match pg {
+        Concrete::Pg(pg) => {
+            let mut tx = pg.pool().begin().await?;
+            insert_all(&client, &mut tx, &jobs, args.jobs).await?;
+            tx.commit().await?;
+        }
+        Concrete::Sqlite(lite) => {
+            let mut tx = lite.pool().begin_with("BEGIN IMMEDIATE").await?;
+            insert_all(&client, &mut tx, &jobs, args.jobs).await?;
+            tx.commit().await?;
+        }
     }
-    tx.commit().await?;
     let start = Instant::now();
     drained(&client).await?;
     let rate = args.jobs as f64 / start.elapsed().as_secs_f64();
@@ -130,6 +133,21 @@ pub async fn burndown(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> any
         rate,
     );
     worker.shutdown().await;
+    Ok(())
+}
+
+async fn insert_all(
+    client: &Client,
+    tx: &mut impl TxConnection,
+    jobs: &[NewJob],
+    n: usize,
+) -> anyhow::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let k = left.min(jobs.len());
+        client.enqueue_many_in(tx, &jobs[..k]).await?;
+        left -= k;
+    }
     Ok(())
 }
 
