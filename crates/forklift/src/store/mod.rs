@@ -2,6 +2,7 @@
 //! PostgreSQL and SQLite, both held to one conformance suite (`tests/store.rs`). All SQL
 //! lives below this module; everything above it speaks in jobs, leases and completions.
 
+pub(crate) mod coalesce;
 pub mod postgres;
 pub mod sqlite;
 mod tx;

@@ -6,7 +6,6 @@
 //! (rescued after a crash or a network cut) cannot overwrite what came after it.
 
 mod admin;
-mod coalesce;
 mod events;
 mod insert;
 mod migrate;
@@ -22,12 +21,12 @@ use sqlx::{PgConnection, PgPool, QueryBuilder};
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use self::coalesce::{Coalescer, MAX_COALESCED_JOBS};
 use self::events::Notifier;
 use self::row::{JOB_COLUMNS, JobRow};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, JobStatus, TenantId};
 use crate::new_job::NewJob;
+use crate::store::coalesce::{Coalescer, MAX_COALESCED_JOBS, Request};
 use crate::store::{
     ApiKeyInfo, Completion, Event, FetchParams, Inserted, JobCount, JobPage, Lease, LeaseStatus,
     LeasedJob, ListParams, ProgressUpdate, RecentStats, RescueParams, Rescued, Store, Tenant,
@@ -35,6 +34,32 @@ use crate::store::{
 };
 
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
+
+/// Up to four shared inserts in flight; more callers wait and share them.
+fn coalescer(pool: PgPool) -> Coalescer {
+    Coalescer::start(
+        4,
+        Arc::new(move |requests: Vec<Request>| {
+            let pool = pool.clone();
+            Box::pin(async move {
+                let lens: Vec<usize> = requests.iter().map(|r| r.jobs.len()).collect();
+                let tenants: Vec<TenantId> = requests
+                    .iter()
+                    .flat_map(|r| std::iter::repeat_n(r.tenant, r.jobs.len()))
+                    .collect();
+                let jobs: Vec<NewJob> = requests.into_iter().flat_map(|r| r.jobs).collect();
+                let mut conn = pool.acquire().await?;
+                let mut inserted = insert::insert_for_tenants(&mut conn, &tenants, &jobs).await?;
+                let mut answers = Vec::with_capacity(lens.len());
+                for n in lens {
+                    let rest = inserted.split_off(n);
+                    answers.push(std::mem::replace(&mut inserted, rest));
+                }
+                Ok(answers)
+            })
+        }),
+    )
+}
 
 /// The PostgreSQL store. Cheap to clone; clones share the pool and the background tasks,
 /// which stop when the last clone is dropped.
@@ -71,7 +96,7 @@ impl PgStore {
         let notifier = Notifier::new();
         tokio::spawn(notifier.clone().run(pool.clone(), stop.clone()));
         let (events, _) = broadcast::channel(4096);
-        let coalescer = Coalescer::start(pool.clone());
+        let coalescer = coalescer(pool.clone());
         PgStore {
             inner: Arc::new(Inner {
                 pool,

@@ -27,6 +27,7 @@ use self::row::{JOB_COLUMNS, JobRow, duration_micros, now_micros};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobId, JobStatus, TenantId};
 use crate::new_job::NewJob;
+use crate::store::coalesce::{Coalescer, MAX_COALESCED_JOBS, Request};
 use crate::store::{
     ApiKeyInfo, Completion, Event, FetchParams, Inserted, JobCount, JobPage, Lease, LeaseStatus,
     LeasedJob, ListParams, ProgressUpdate, RecentStats, RescueParams, Rescued, Store, Tenant,
@@ -73,6 +74,32 @@ struct Inner {
     writer: SqlitePool,
     reader: SqlitePool,
     events: Arc<broadcast::Sender<Event>>,
+    /// Concurrent small enqueues share one commit (one fsync) instead of one each.
+    coalescer: Coalescer,
+}
+
+/// Inserts each request's jobs in one write transaction (one commit), then wakes this
+/// process's workers.
+async fn write_requests(
+    writer: &SqlitePool,
+    events: &broadcast::Sender<Event>,
+    requests: Vec<Request>,
+) -> Result<Vec<Vec<Inserted>>> {
+    let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+    let mut answers = Vec::with_capacity(requests.len());
+    for r in &requests {
+        answers.push(insert::insert_many(&mut tx, r.tenant, &r.jobs).await?);
+    }
+    tx.commit().await?;
+    wake::send_jobs_available(
+        events,
+        answers
+            .iter()
+            .flatten()
+            .filter(|i| i.inserted)
+            .map(|i| i.job.queue.as_str()),
+    );
+    Ok(answers)
 }
 
 impl SqliteStore {
@@ -125,11 +152,23 @@ impl SqliteStore {
         let (events, _) = broadcast::channel(4096);
         let events = Arc::new(events);
         wake::register(&file, &events);
+        // SQLite has one writer: one shared write in flight, the next gathering meanwhile.
+        let coalescer = {
+            let (writer, events) = (writer.clone(), events.clone());
+            Coalescer::start(
+                1,
+                Arc::new(move |requests: Vec<Request>| {
+                    let (writer, events) = (writer.clone(), events.clone());
+                    Box::pin(async move { write_requests(&writer, &events, requests).await })
+                }),
+            )
+        };
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 writer,
                 reader,
                 events,
+                coalescer,
             }),
         })
     }
@@ -235,16 +274,19 @@ impl Store for SqliteStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.write().await?;
-        let inserted = insert::insert_many(&mut tx, tenant, jobs).await?;
-        tx.commit().await?;
-        self.wake_queues(
-            inserted
-                .iter()
-                .filter(|i| i.inserted)
-                .map(|i| i.job.queue.as_str()),
-        );
-        Ok(inserted)
+        if jobs.len() <= MAX_COALESCED_JOBS {
+            return self.inner.coalescer.insert(tenant, jobs.to_vec()).await;
+        }
+        let answers = write_requests(
+            &self.inner.writer,
+            &self.inner.events,
+            vec![Request {
+                tenant,
+                jobs: jobs.to_vec(),
+            }],
+        )
+        .await?;
+        Ok(answers.into_iter().next().unwrap_or_default())
     }
 
     async fn job_get(&self, tenant: TenantId, id: JobId) -> Result<Job> {
