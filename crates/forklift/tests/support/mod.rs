@@ -2,6 +2,8 @@
 //! PostgreSQL, migrated, and helpers to wait for a job to reach a state.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +38,31 @@ impl Db {
         PgStore::connect(self.schema.connect_options(), 5)
             .await
             .expect("second store connects")
+    }
+
+    /// A store of its own on this schema whose connections go through `proxy`.
+    pub async fn store_through(&self, proxy: &proxy::Proxy, max_connections: u32) -> PgStore {
+        let options = self
+            .schema
+            .connect_options()
+            .host(&proxy.addr.ip().to_string())
+            .port(proxy.addr.port());
+        PgStore::connect(options, max_connections)
+            .await
+            .expect("store connects through the proxy")
+    }
+
+    /// Where the test database listens, for a proxy to forward to.
+    pub fn upstream(&self) -> std::net::SocketAddr {
+        let o = self.schema.connect_options();
+        let host = if o.get_host() == "localhost" {
+            "127.0.0.1"
+        } else {
+            o.get_host()
+        };
+        format!("{host}:{}", o.get_port())
+            .parse()
+            .expect("the test database is on an IP address")
     }
 
     pub async fn sql(&self, sql: &str) {

@@ -1,0 +1,66 @@
+//! The engine under faults of the network and the database, found by the chaos suite
+//! (crates/forklift-chaos): each test here pins one fix.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use forklift::{
+    Handler, HandlerResult, JobContext, JobError, JobStatus, NewJob, Registry, Worker, WorkerConfig,
+};
+use serde_json::json;
+use support::proxy::Proxy;
+use support::{Db, fast_config, wait_status};
+use tokio::time::Instant;
+
+/// Works until its token fires, and records when that was.
+struct Patient(Arc<Mutex<Option<Instant>>>);
+
+impl Handler for Patient {
+    type Payload = serde_json::Value;
+    async fn run(&self, _: serde_json::Value, ctx: JobContext) -> HandlerResult {
+        ctx.cancelled().await;
+        *self.0.lock().unwrap() = Some(Instant::now());
+        Err(JobError::retryable("stopped"))
+    }
+}
+
+#[tokio::test]
+async fn a_worker_cut_off_from_its_database_stops_its_handlers_when_its_leases_lapse() {
+    let db = Db::new().await;
+    let proxy = Proxy::start(db.upstream()).await;
+    let store = db.store_through(&proxy, 5).await;
+    let stopped_at = Arc::new(Mutex::new(None));
+    let mut registry = Registry::new();
+    registry.register("patient", Patient(stopped_at.clone()));
+    let lease = Duration::from_secs(1);
+    let config = WorkerConfig {
+        lease_ttl: lease,
+        heartbeat_interval: Duration::from_millis(200),
+        ..fast_config()
+    };
+    let worker = Worker::start(Arc::new(store), registry, config);
+    let client = db.client();
+    let id = client
+        .enqueue(NewJob::new("patient", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    wait_status(&client, id, JobStatus::Running).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The link stops answering without closing: renewals and progress writes hang.
+    let cut_at = Instant::now();
+    proxy.blackhole(true);
+    tokio::time::sleep(lease * 3).await;
+    let stopped = *stopped_at.lock().unwrap();
+    let stopped = stopped.map(|t| t - cut_at);
+    assert!(
+        stopped.is_some_and(|after| after <= lease + Duration::from_millis(300)),
+        "the handler must be stopped once the lease can no longer have been renewed; stopped after {stopped:?}"
+    );
+    proxy.blackhole(false);
+    drop(worker);
+}
