@@ -64,3 +64,34 @@ async fn a_worker_cut_off_from_its_database_stops_its_handlers_when_its_leases_l
     proxy.blackhole(false);
     drop(worker);
 }
+
+#[tokio::test]
+async fn a_store_whose_database_is_down_fails_calls_within_about_a_second() {
+    let db = Db::new().await;
+    let proxy = Proxy::start(db.upstream()).await;
+    let store = db.store_through(&proxy, 5).await;
+    let client = forklift::Client::new(Arc::new(store));
+    let id = client
+        .enqueue(NewJob::new("noop", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+
+    // Connections close and new ones are refused, as when PostgreSQL is stopped. The first
+    // call may fail at once on its broken connection; the next ones must open a new one.
+    proxy.go_down();
+    for _ in 0..3 {
+        let began = Instant::now();
+        let answer = client.get(id).await;
+        let took = began.elapsed();
+        assert!(
+            matches!(answer, Err(forklift::Error::Database(_))),
+            "{answer:?}"
+        );
+        assert!(
+            took <= Duration::from_millis(1500),
+            "the call failed only after {took:?}"
+        );
+    }
+}
