@@ -95,3 +95,59 @@ async fn a_store_whose_database_is_down_fails_calls_within_about_a_second() {
         );
     }
 }
+
+#[tokio::test]
+async fn handlers_stop_when_the_lease_lapses_even_if_each_renewal_fails_before_that() {
+    let db = Db::new().await;
+    let proxy = Proxy::start(db.upstream()).await;
+    let store = db.store_through(&proxy, 5).await;
+    let stopped_at = Arc::new(Mutex::new(None));
+    let mut registry = Registry::new();
+    registry.register("patient", Patient(stopped_at.clone()));
+    // Renewals 0.9 s apart, lease 1 s: the renewal after the one that fails at 0.9 s
+    // comes only at 1.8 s, so a check made at renewals alone is 0.8 s late.
+    let lease = Duration::from_secs(1);
+    let config = WorkerConfig {
+        lease_ttl: lease,
+        heartbeat_interval: Duration::from_millis(900),
+        ..fast_config()
+    };
+    let worker = Worker::start(Arc::new(store), registry, config);
+    let client = db.client();
+    let id = client
+        .enqueue(NewJob::new("patient", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    wait_status(&client, id, JobStatus::Running).await;
+    // Cut right after a renewal: then the lease lapses one lease TTL from now.
+    let first: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("select lease_expires_at from forklift_jobs where id = $1")
+            .bind(id.0)
+            .fetch_one(&db.schema.pool)
+            .await
+            .unwrap();
+    loop {
+        let now: chrono::DateTime<chrono::Utc> =
+            sqlx::query_scalar("select lease_expires_at from forklift_jobs where id = $1")
+                .bind(id.0)
+                .fetch_one(&db.schema.pool)
+                .await
+                .unwrap();
+        if now != first {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every call now fails at once (connections reset, none refused).
+    let cut_at = Instant::now();
+    proxy.reset_all();
+    tokio::time::sleep(lease * 3).await;
+    let stopped = stopped_at.lock().unwrap().map(|t| t - cut_at);
+    assert!(
+        stopped.is_some_and(|after| after <= lease + Duration::from_millis(250)),
+        "the handler must be stopped when the lease lapses; stopped after {stopped:?}"
+    );
+    drop(worker);
+}

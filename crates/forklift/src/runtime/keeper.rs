@@ -35,22 +35,46 @@ impl Keeper {
     /// call forever, and the handlers would go on working on jobs whose leases lapsed and
     /// that another worker already runs.
     pub async fn renew(self: Arc<Self>, stop: CancellationToken) {
+        // Progress in a task of its own, so that a write that hangs cannot delay renewals.
+        let progress = tokio::spawn(self.clone().flush_progress(stop.clone()));
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
+        let mut lapse_handled = None;
+        loop {
+            let last_renewed = *self.last_renewed.lock().unwrap();
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = heartbeat.tick() => self.heartbeat().await,
+                // The moment our leases can lapse, whatever the renewals are doing (failing
+                // fast, or each timing out just before it): stop the handlers then.
+                _ = tokio::time::sleep_until(last_renewed + self.lease_ttl),
+                    if lapse_handled != Some(last_renewed) =>
+                {
+                    lapse_handled = Some(last_renewed);
+                    if self.running.len() > 0 {
+                        tracing::warn!("leases not renewed for a lease TTL; stopping their handlers");
+                        self.running.cancel_all(CancelReason::LeaseLost);
+                    }
+                }
+            }
+        }
+        let _ = progress.await;
+    }
+
+    /// Writes handlers' progress every `progress_interval`, until `stop`.
+    async fn flush_progress(self: Arc<Self>, stop: CancellationToken) {
         let mut progress = tokio::time::interval(self.progress_interval);
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = heartbeat.tick() => self.heartbeat().await,
-                _ = progress.tick() => {
-                    let updates = self.running.progress_updates();
-                    // Best effort: a lost progress value is overwritten by the next one.
-                    let write = self.store.job_progress_many(&updates);
-                    match tokio::time::timeout(self.heartbeat_interval, write).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::debug!(error = %e, "could not write progress"),
-                        Err(_) => tracing::debug!("progress write did not answer"),
-                    }
-                }
+                _ = progress.tick() => {}
+            }
+            let updates = self.running.progress_updates();
+            // Best effort: a lost progress value is overwritten by the next one.
+            let write = self.store.job_progress_many(&updates);
+            match tokio::time::timeout(self.heartbeat_interval, write).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not write progress"),
+                Err(_) => tracing::debug!("progress write did not answer"),
             }
         }
     }
@@ -59,9 +83,14 @@ impl Keeper {
         let leases = self.running.leases();
         let started = Instant::now();
         let last_renewed = *self.last_renewed.lock().unwrap();
-        // Wait for the answer until our leases lapse, and at least one interval (so that a
-        // renewal still gets its chance once the database is back).
-        let deadline = (last_renewed + self.lease_ttl).max(started + self.heartbeat_interval);
+        // Wait for the answer until our leases can lapse; once they may have, give each
+        // renewal one interval (so that it gets its chance when the database is back).
+        let lapse_at = last_renewed + self.lease_ttl;
+        let deadline = if lapse_at > started {
+            lapse_at
+        } else {
+            started + self.heartbeat_interval
+        };
         let renewal = self.store.job_heartbeat_many(&leases, self.lease_ttl);
         match tokio::time::timeout_at(deadline, renewal).await {
             Ok(Ok(held)) => {

@@ -3,6 +3,8 @@
 //! connection and refuse new ones, as a stopped server does).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -14,6 +16,10 @@ pub struct Proxy {
     pub addr: SocketAddr,
     blackholed: watch::Sender<bool>,
     down: CancellationToken,
+    /// Set by [`Proxy::reset_all`]: new connections are accepted and closed at once.
+    resetting: Arc<AtomicBool>,
+    /// Closes the connections open now.
+    open: Arc<Mutex<CancellationToken>>,
 }
 
 impl Proxy {
@@ -23,18 +29,25 @@ impl Proxy {
         let (blackholed, _) = watch::channel(false);
         let down = CancellationToken::new();
         let (b, d) = (blackholed.clone(), down.clone());
+        let resetting = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(down.child_token()));
+        let (r, o) = (resetting.clone(), open.clone());
         tokio::spawn(async move {
             loop {
                 // Dropping the listener when down makes new connections refused.
                 let Some(Ok((client, _))) = d.run_until_cancelled(listener.accept()).await else {
                     return;
                 };
+                if r.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                let (b, d) = (b.clone(), d.clone());
+                let (b, d) = (b.clone(), o.lock().unwrap().clone());
                 tokio::spawn(async move {
                     let both = async {
                         tokio::join!(pump(cr, sw, b.subscribe()), pump(sr, cw, b.subscribe()))
@@ -47,7 +60,16 @@ impl Proxy {
             addr,
             blackholed,
             down,
+            resetting,
+            open,
         }
+    }
+
+    /// Closes every connection, and from now on accepts new ones only to close them: each
+    /// call then fails at once (no refused connection for the pool to retry).
+    pub fn reset_all(&self) {
+        self.resetting.store(true, Ordering::SeqCst);
+        self.open.lock().unwrap().cancel();
     }
 
     /// Stops (true) or resumes (false) forwarding, without closing anything.
