@@ -7,7 +7,8 @@
 //! - [`ledger`]: the `ledger` job type and the audit tables.
 //! - [`node`]: the worker and API processes.
 //! - [`plan`]: settings and the fault schedule; [`fleet`]: the worker processes;
-//!   [`load`]: the load generator; [`run`]: one run; [`check`]: the checker.
+//!   [`load`]: the load generator; [`run`]: one run; [`check`]: the checker;
+//!   [`report`]: its figures and goals.
 
 pub mod check;
 pub mod cluster;
@@ -17,8 +18,9 @@ pub mod load;
 pub mod node;
 pub mod plan;
 pub mod proxy;
+pub mod report;
 pub mod run;
 
-pub use check::Report;
 pub use plan::{Config, Timing};
+pub use report::Report;
 pub use run::run;

@@ -16,11 +16,12 @@ use tokio::process::Command;
 use tokio::sync::{Mutex, Semaphore};
 use uuid::Uuid;
 
-use crate::check::{self, Report};
+use crate::check;
 use crate::cluster::{self, Cluster};
 use crate::fleet::Fleet;
 use crate::load::{Load, LoadLog};
 use crate::plan::{self, Config, FaultKind, Planned};
+use crate::report::Report;
 
 /// What happened at one fault.
 #[derive(Debug, Clone, Serialize)]
