@@ -149,6 +149,7 @@ impl Worker {
             lease_ttl: config.lease_ttl,
             heartbeat_interval: config.heartbeat_interval,
             progress_interval: config.progress_interval,
+            last_renewed: std::sync::Mutex::new(tokio::time::Instant::now()),
         });
         let mut background = vec![
             tokio::spawn(keeper.clone().renew(stop_background.clone())),

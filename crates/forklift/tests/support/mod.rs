@@ -4,6 +4,8 @@
 //! on both.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -109,6 +111,19 @@ impl Harness {
             Backend::Pg { store, .. } => store,
             Backend::Sqlite { .. } => panic!("a PostgreSQL-only test ran on SQLite"),
         }
+    }
+
+    /// A store of its own on this PostgreSQL schema whose connections go through `proxy`.
+    pub async fn store_through(&self, proxy: &proxy::Proxy, max_connections: u32) -> PgStore {
+        let options = self.pg_schema().connect_options().host(&proxy.addr.ip().to_string()).port(proxy.addr.port());
+        PgStore::connect(options, max_connections).await.expect("store connects through the proxy")
+    }
+
+    /// Where the test PostgreSQL listens, for a proxy to forward to.
+    pub fn upstream(&self) -> std::net::SocketAddr {
+        let o = self.pg_schema().connect_options();
+        let host = if o.get_host() == "localhost" { "127.0.0.1" } else { o.get_host() };
+        format!("{host}:{}", o.get_port()).parse().expect("the test database is on an IP address")
     }
 
     pub fn pg_schema(&self) -> &TestSchema {

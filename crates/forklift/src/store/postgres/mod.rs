@@ -61,6 +61,11 @@ fn coalescer(pool: PgPool) -> Coalescer {
     )
 }
 
+/// The longest a call of a store made by [`PgStore::connect`] waits for a pooled
+/// connection. Short, because while the database is down every call waits this long
+/// before it fails; long enough for a busy pool to hand a connection over.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The PostgreSQL store. Cheap to clone; clones share the pool and the background tasks,
 /// which stop when the last clone is dropped.
 #[derive(Clone)]
@@ -80,12 +85,25 @@ struct Inner {
 
 impl PgStore {
     /// Connects with a pool of up to `max_connections` and starts the wake-up sender.
+    ///
+    /// Waits up to 5 s for the first connection (a database that is still starting up),
+    /// but afterwards a call waits at most [`ACQUIRE_TIMEOUT`] for a connection, so that
+    /// while the database is down callers get `Error::Database` at once (the API a 503)
+    /// rather than hanging: sqlx keeps retrying a refused connection until that timeout.
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
-            .await?;
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match pool.acquire().await {
+                Ok(_) => break,
+                // Refused connections and a server still starting make the pool time out.
+                Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(Self::from_pool(pool))
     }
 
