@@ -32,6 +32,8 @@ for r in $(seq 1 "$rounds"); do
   "$work/run_node.sh" graphile_worker_bench.js --reps 1 --jobs "$jobs" --what bulk,single 2>&1 | tee -a "$logs/enqueue.log"
   echo "### round $r forklift" | tee -a "$logs/enqueue.log"
   DATABASE_URL="$url" RUST_LOG=warn "$forklift" bench --reps 1 --jobs "$jobs" --what batch,single,http 2>&1 | tee -a "$logs/enqueue.log"
+  echo "### round $r forklift-wrk" | tee -a "$logs/enqueue.log"
+  DATABASE_URL="$url" FORKLIFT="$forklift" "$root/bench/http.sh" 20 16 2>/dev/null | tee -a "$logs/enqueue.log"
   echo "### round $r ceiling" | tee -a "$logs/enqueue.log"
   DATABASE_URL="$url" "$work/db_ceiling.sh" 1 8 2>&1 | tee -a "$logs/enqueue.log"
 done

@@ -17,6 +17,8 @@ for name in ["anchors.log", "enqueue.log", "sqlite.log"]:
         continue
     system = None
     for line in f.read_text().splitlines():
+        if line.startswith("=== anchors:"):
+            break  # the peers' own summary of what was already read
         m = re.match(r"### round \d+ (?:peer )?(\S+)", line)
         if m:
             system = {"extra": "forklift"}.get(m.group(1), m.group(1))
@@ -61,7 +63,9 @@ ratio("single enqueue, 1 caller vs ceiling 1-row INSERT", (F, "single enqueue, 1
       ("ceiling", "INSERT 1 row/txn, 1 client"), 0.75)
 ratio("single enqueue, 16 callers vs ceiling 16 clients", (F, "single enqueue, 16 caller"),
       ("ceiling", "INSERT 1 row/txn, 16 clients"), 0.7)
-ratio("HTTP enqueue, 16 connections vs ceiling 16 clients", (F, "HTTP enqueue, 16"),
+ratio("HTTP enqueue (in-process client), 16 connections vs ceiling", (F, "HTTP enqueue, 16"),
+      ("ceiling", "INSERT 1 row/txn, 16 clients"), 0.7)
+ratio("HTTP enqueue (wrk), 16 connections vs ceiling 16 clients", ("forklift-wrk", "HTTP enqueue wrk, 16"),
       ("ceiling", "INSERT 1 row/txn, 16 clients"), 0.7)
 
 def fmt(x):

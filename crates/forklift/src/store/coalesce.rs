@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::job::TenantId;
 use crate::new_job::NewJob;
 use crate::store::Inserted;
@@ -75,6 +75,11 @@ impl Coalescer {
     }
 }
 
+/// Errors that say nothing about the request, only that the database cannot be reached.
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+}
+
 async fn run(write: WriteFn, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
     let mut batch = Vec::with_capacity(MAX_REQUESTS);
     loop {
@@ -93,14 +98,26 @@ async fn run(write: WriteFn, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
                     jobs: r.jobs.clone(),
                 })
                 .collect();
-            if let Ok(answers) = write(copies).await {
-                for (reply, answer) in replies.into_iter().zip(answers) {
-                    let _ = reply.send(Ok(answer));
+            match write(copies).await {
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                    continue;
                 }
-                continue;
+                // The database is unreachable: every caller gets that answer now, rather
+                // than each waiting for its own attempt to time out as well.
+                Err(Error::Database(e)) if unreachable(&e) => {
+                    let message = e.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(Error::Database(sqlx::Error::Io(std::io::Error::other(message.clone())))));
+                    }
+                    continue;
+                }
+                // Otherwise write each request alone, so each caller gets its own answer
+                // and one bad request cannot fail the others.
+                Err(_) => {}
             }
-            // The shared write failed: write each request alone, so each caller gets its
-            // own answer and one bad request cannot fail the others.
         }
         for (request, reply) in requests.into_iter().zip(replies) {
             let answer = write(vec![request])

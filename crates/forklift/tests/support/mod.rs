@@ -2,7 +2,7 @@
 //! schema or a fresh SQLite file per test, migrated; backend-neutral helpers for the few
 //! raw-SQL manipulations tests need; and the [`conformance!`] macro that runs each test
 //! on both.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros, unused_imports)]
 
 pub mod proxy;
 

@@ -18,6 +18,12 @@ use uuid::Uuid;
 use crate::job::JobId;
 use crate::store::Event;
 
+/// The least time between two wake-up statements. Each NOTIFY is a transaction of its
+/// own, with a commit to flush: under a stream of enqueues, spacing them lets one carry
+/// what gathered meanwhile instead of doubling the commits. A lone enqueue is not
+/// delayed (the first wake-up after a quiet spell goes at once).
+const MIN_GAP: Duration = Duration::from_millis(2);
+
 /// The channel that carries a queue name when jobs become available.
 pub const JOBS_CHANNEL: &str = "forklift_jobs";
 /// The channel that carries a job's uuid when a cancel of a running job is asked.
@@ -83,6 +89,7 @@ impl Notifier {
                 // Workers still poll, and the rescuer still sweeps: a lost wake-up only delays.
                 tracing::warn!(error = %e, "could not send wake-ups");
             }
+            tokio::time::sleep(MIN_GAP).await;
         }
     }
 }
