@@ -77,7 +77,13 @@ impl Coalescer {
 
 /// Errors that say nothing about the request, only that the database cannot be reached.
 fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_))
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    )
 }
 
 async fn run(write: WriteFn, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
@@ -110,7 +116,9 @@ async fn run(write: WriteFn, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
                 Err(Error::Database(e)) if unreachable(&e) => {
                     let message = e.to_string();
                     for reply in replies {
-                        let _ = reply.send(Err(Error::Database(sqlx::Error::Io(std::io::Error::other(message.clone())))));
+                        let _ = reply.send(Err(Error::Database(sqlx::Error::Io(
+                            std::io::Error::other(message.clone()),
+                        ))));
                     }
                     continue;
                 }

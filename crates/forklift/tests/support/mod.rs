@@ -115,15 +115,27 @@ impl Harness {
 
     /// A store of its own on this PostgreSQL schema whose connections go through `proxy`.
     pub async fn store_through(&self, proxy: &proxy::Proxy, max_connections: u32) -> PgStore {
-        let options = self.pg_schema().connect_options().host(&proxy.addr.ip().to_string()).port(proxy.addr.port());
-        PgStore::connect(options, max_connections).await.expect("store connects through the proxy")
+        let options = self
+            .pg_schema()
+            .connect_options()
+            .host(&proxy.addr.ip().to_string())
+            .port(proxy.addr.port());
+        PgStore::connect(options, max_connections)
+            .await
+            .expect("store connects through the proxy")
     }
 
     /// Where the test PostgreSQL listens, for a proxy to forward to.
     pub fn upstream(&self) -> std::net::SocketAddr {
         let o = self.pg_schema().connect_options();
-        let host = if o.get_host() == "localhost" { "127.0.0.1" } else { o.get_host() };
-        format!("{host}:{}", o.get_port()).parse().expect("the test database is on an IP address")
+        let host = if o.get_host() == "localhost" {
+            "127.0.0.1"
+        } else {
+            o.get_host()
+        };
+        format!("{host}:{}", o.get_port())
+            .parse()
+            .expect("the test database is on an IP address")
     }
 
     pub fn pg_schema(&self) -> &TestSchema {

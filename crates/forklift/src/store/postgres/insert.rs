@@ -43,7 +43,10 @@ pub async fn insert_for_tenants(
             match by_id.remove(&ids[i]) {
                 Some((id, created_at, run_at)) => {
                     let job = written_job(id, tenants[i], &jobs[i], created_at, run_at);
-                    out[i] = Some(Inserted { job, inserted: true })
+                    out[i] = Some(Inserted {
+                        job,
+                        inserted: true,
+                    })
                 }
                 None => conflicted.push(i),
             }
@@ -98,7 +101,13 @@ type Written = (Uuid, DateTime<Utc>, DateTime<Utc>);
 
 /// A new job as written: everything else is what the caller sent, so it is not read
 /// back (decoding 23 columns per row was most of a large batch's cost).
-fn written_job(id: Uuid, tenant: TenantId, job: &NewJob, created_at: DateTime<Utc>, run_at: DateTime<Utc>) -> Job {
+fn written_job(
+    id: Uuid,
+    tenant: TenantId,
+    job: &NewJob,
+    created_at: DateTime<Utc>,
+    run_at: DateTime<Utc>,
+) -> Job {
     Job {
         job_id: JobId(id),
         tenant_id: tenant,
@@ -152,7 +161,7 @@ async fn insert_rows(
         .iter()
         .map(|&i| serde_json::json!(jobs[i].tags))
         .collect();
-    let rows = sqlx::query_as(&format!(
+    let rows = sqlx::query_as(
         "insert into forklift_jobs
             (id, tenant_id, job_type, queue, priority, payload, max_attempts, run_at, timeout_seconds, unique_key, tags)
          select t.id, t.tenant_id, t.job_type, t.queue, t.priority, t.payload, t.max_attempts,
@@ -163,8 +172,8 @@ async fn insert_rows(
               as t(tenant_id, id, job_type, queue, priority, payload, max_attempts, run_at, delay, timeout_seconds, unique_key, tags)
          on conflict (tenant_id, unique_key) where unique_key is not null and status in ('QUEUED', 'RUNNING')
          do nothing
-         returning id, created_at, run_at"
-    ))
+         returning id, created_at, run_at",
+    )
     .bind(&tenant)
     .bind(&id)
     .bind(&job_type)
