@@ -325,3 +325,33 @@ pub struct Rescued {
     pub status: JobStatus,
     pub queue: String,
 }
+
+/// Rows of (type, queue, status, count) as both stores' count queries return them.
+pub(crate) fn job_counts_from_rows(rows: Vec<(String, String, String, i64)>) -> Vec<JobCount> {
+    rows.into_iter()
+        .filter_map(|(job_type, queue, status, count)| {
+            Some(JobCount {
+                job_type,
+                queue,
+                status: status.parse().ok()?,
+                count,
+            })
+        })
+        .collect()
+}
+
+/// After a guarded update matched no row: the job is unknown (to this tenant), or its
+/// status forbids `action`.
+pub(crate) fn conflict_or_not_found(
+    found: Result<Option<Job>>,
+    action: &str,
+) -> crate::error::Error {
+    match found {
+        Ok(Some(job)) => crate::error::Error::Conflict {
+            status: job.status,
+            message: format!("cannot {action} a job whose status is {}", job.status),
+        },
+        Ok(None) => crate::error::Error::NotFound,
+        Err(e) => e,
+    }
+}

@@ -8,22 +8,9 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::job::TenantId;
-use crate::store::{ApiKeyInfo, JobCount, MinuteCount, RecentStats, Tenant};
+use crate::store::{ApiKeyInfo, JobCount, MinuteCount, RecentStats, Tenant, job_counts_from_rows};
 
 type CountRow = (String, String, String, i64);
-
-fn counts(rows: Vec<CountRow>) -> Vec<JobCount> {
-    rows.into_iter()
-        .filter_map(|(job_type, queue, status, count)| {
-            Some(JobCount {
-                job_type,
-                queue,
-                status: status.parse().ok()?,
-                count,
-            })
-        })
-        .collect()
-}
 
 pub async fn job_counts(pool: &PgPool, tenant: TenantId) -> Result<Vec<JobCount>> {
     let rows: Vec<CountRow> = sqlx::query_as(
@@ -32,7 +19,7 @@ pub async fn job_counts(pool: &PgPool, tenant: TenantId) -> Result<Vec<JobCount>
     .bind(tenant.0)
     .fetch_all(pool)
     .await?;
-    Ok(counts(rows))
+    Ok(job_counts_from_rows(rows))
 }
 
 pub async fn queue_depths(pool: &PgPool) -> Result<Vec<JobCount>> {
@@ -44,7 +31,7 @@ pub async fn queue_depths(pool: &PgPool) -> Result<Vec<JobCount>> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(counts(rows))
+    Ok(job_counts_from_rows(rows))
 }
 
 pub async fn stats_recent(

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::row::{JOB_COLUMNS, JobRow};
 use crate::error::{Error, Result};
-use crate::job::{Job, JobId, JobStatus, TenantId};
+use crate::job::{Job, JobId, TenantId};
 use crate::new_job::NewJob;
 use crate::store::Inserted;
 
@@ -42,7 +42,7 @@ pub async fn insert_for_tenants(
         for &i in &todo {
             match by_id.remove(&ids[i]) {
                 Some((id, created_at, run_at)) => {
-                    let job = written_job(id, tenants[i], &jobs[i], created_at, run_at);
+                    let job = Job::queued(JobId(id), tenants[i], &jobs[i], created_at, run_at);
                     out[i] = Some(Inserted {
                         job,
                         inserted: true,
@@ -98,41 +98,6 @@ pub async fn insert_for_tenants(
 
 /// What the database decides for a new row: its id (echoed), creation time and run_at.
 type Written = (Uuid, DateTime<Utc>, DateTime<Utc>);
-
-/// A new job as written: everything else is what the caller sent, so it is not read
-/// back (decoding 23 columns per row was most of a large batch's cost).
-fn written_job(
-    id: Uuid,
-    tenant: TenantId,
-    job: &NewJob,
-    created_at: DateTime<Utc>,
-    run_at: DateTime<Utc>,
-) -> Job {
-    Job {
-        job_id: JobId(id),
-        tenant_id: tenant,
-        job_type: job.job_type.clone(),
-        queue: job.queue.clone(),
-        status: JobStatus::Queued,
-        priority: job.priority,
-        progress: 0,
-        payload: job.payload.clone(),
-        result: None,
-        result_url: None,
-        errors: Vec::new(),
-        attempt: 0,
-        max_attempts: job.max_attempts,
-        run_at,
-        timeout_seconds: job.timeout_seconds,
-        unique_key: job.unique_key.clone(),
-        tags: job.tags.clone(),
-        cancel_requested: false,
-        created_at,
-        updated_at: created_at,
-        started_at: None,
-        completed_at: None,
-    }
-}
 
 async fn insert_rows(
     conn: &mut PgConnection,

@@ -173,14 +173,7 @@ impl PgStore {
 
     /// After a guarded update matched no row: unknown job, or one in the wrong status.
     async fn conflict_or_not_found(&self, tenant: TenantId, id: JobId, action: &str) -> Error {
-        match self.job_get_any(tenant, id).await {
-            Ok(Some(job)) => Error::Conflict {
-                status: job.status,
-                message: format!("cannot {action} a job whose status is {}", job.status),
-            },
-            Ok(None) => Error::NotFound,
-            Err(e) => e,
-        }
+        crate::store::conflict_or_not_found(self.job_get_any(tenant, id).await, action)
     }
 }
 

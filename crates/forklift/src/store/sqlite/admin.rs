@@ -8,26 +8,13 @@ use uuid::Uuid;
 use super::row::{duration_micros, from_micros, now_micros};
 use crate::error::{Error, Result};
 use crate::job::TenantId;
-use crate::store::{ApiKeyInfo, JobCount, MinuteCount, RecentStats, Tenant};
+use crate::store::{ApiKeyInfo, JobCount, MinuteCount, RecentStats, Tenant, job_counts_from_rows};
 
 /// Percentiles come from at most this many of the newest samples: SQLite has no
 /// `percentile_cont`, so they are computed here.
 const MAX_SAMPLES: i64 = 20_000;
 
 type CountRow = (String, String, String, i64);
-
-fn counts(rows: Vec<CountRow>) -> Vec<JobCount> {
-    rows.into_iter()
-        .filter_map(|(job_type, queue, status, count)| {
-            Some(JobCount {
-                job_type,
-                queue,
-                status: status.parse().ok()?,
-                count,
-            })
-        })
-        .collect()
-}
 
 pub async fn job_counts(pool: &SqlitePool, tenant: TenantId) -> Result<Vec<JobCount>> {
     let rows: Vec<CountRow> = sqlx::query_as(
@@ -36,7 +23,7 @@ pub async fn job_counts(pool: &SqlitePool, tenant: TenantId) -> Result<Vec<JobCo
     .bind(tenant.0)
     .fetch_all(pool)
     .await?;
-    Ok(counts(rows))
+    Ok(job_counts_from_rows(rows))
 }
 
 pub async fn queue_depths(pool: &SqlitePool) -> Result<Vec<JobCount>> {
@@ -47,7 +34,7 @@ pub async fn queue_depths(pool: &SqlitePool) -> Result<Vec<JobCount>> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(counts(rows))
+    Ok(job_counts_from_rows(rows))
 }
 
 fn percentile(sorted: &[f64], q: f64) -> Option<f64> {

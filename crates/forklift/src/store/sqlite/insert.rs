@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::row::{JOB_COLUMNS, JobRow, duration_micros, from_micros, now_micros};
 use crate::error::{Error, Result};
-use crate::job::{Job, JobId, JobStatus, TenantId};
+use crate::job::{Job, JobId, TenantId};
 use crate::new_job::NewJob;
 use crate::store::Inserted;
 
@@ -98,30 +98,13 @@ fn run_at_micros(job: &NewJob, now: i64) -> i64 {
 
 /// The job exactly as its new row reads back.
 fn as_inserted(tenant: TenantId, now: i64, job: &NewJob, id: Uuid) -> Job {
-    Job {
-        job_id: JobId(id),
-        tenant_id: tenant,
-        job_type: job.job_type.clone(),
-        queue: job.queue.clone(),
-        status: JobStatus::Queued,
-        priority: job.priority,
-        progress: 0,
-        payload: job.payload.clone(),
-        result: None,
-        result_url: None,
-        errors: Vec::new(),
-        attempt: 0,
-        max_attempts: job.max_attempts,
-        run_at: from_micros(run_at_micros(job, now)),
-        timeout_seconds: job.timeout_seconds,
-        unique_key: job.unique_key.clone(),
-        tags: job.tags.clone(),
-        cancel_requested: false,
-        created_at: from_micros(now),
-        updated_at: from_micros(now),
-        started_at: None,
-        completed_at: None,
-    }
+    Job::queued(
+        JobId(id),
+        tenant,
+        job,
+        from_micros(now),
+        from_micros(run_at_micros(job, now)),
+    )
 }
 
 /// One multi-row insert. Returns the ids inserted when some job has a unique key (only
