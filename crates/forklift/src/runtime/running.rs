@@ -66,7 +66,7 @@ impl Running {
             .collect()
     }
 
-    /// Fires the job's token if it runs here (and under the same lease, when given).
+    /// Fires the job's token if it runs here.
     pub fn cancel(&self, id: JobId, reason: CancelReason) {
         if let Some(job) = self.jobs.lock().unwrap().get(&id) {
             job.ctx.cancel(reason);

@@ -355,3 +355,24 @@ pub(crate) fn conflict_or_not_found(
         Err(e) => e,
     }
 }
+
+/// Tells this process's subscribers that jobs are available, once per distinct queue: a
+/// batch of 10,000 jobs in one queue is one wake-up, not 10,000 (which would also overflow
+/// the channel and force every subscriber into a resync).
+pub(crate) fn send_jobs_available<'a>(
+    events: &broadcast::Sender<Event>,
+    queues: impl IntoIterator<Item = &'a str>,
+) -> Vec<&'a str> {
+    let distinct: Vec<&str> = queues
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    for queue in &distinct {
+        // No subscriber is fine: then nobody here is waiting.
+        let _ = events.send(Event::JobsAvailable {
+            queue: queue.to_string(),
+        });
+    }
+    distinct
+}

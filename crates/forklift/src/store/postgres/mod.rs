@@ -151,13 +151,11 @@ impl PgStore {
         Ok(inserted)
     }
 
-    fn wake_queues<'a>(&self, queues: impl IntoIterator<Item = &'a str> + Clone) {
-        for q in queues.clone() {
-            let _ = self.inner.events.send(Event::JobsAvailable {
-                queue: q.to_string(),
-            });
+    fn wake_queues<'a>(&self, queues: impl IntoIterator<Item = &'a str>) {
+        let distinct = crate::store::send_jobs_available(&self.inner.events, queues);
+        if !distinct.is_empty() {
+            self.inner.notifier.jobs_available(distinct);
         }
-        self.inner.notifier.jobs_available(queues);
     }
 
     async fn job_get_any(&self, tenant: TenantId, id: JobId) -> Result<Option<Job>> {

@@ -91,7 +91,7 @@ async fn write_requests(
         answers.push(insert::insert_many(&mut tx, r.tenant, &r.jobs).await?);
     }
     tx.commit().await?;
-    wake::send_jobs_available(
+    crate::store::send_jobs_available(
         events,
         answers
             .iter()
@@ -230,7 +230,7 @@ impl SqliteStore {
     }
 
     fn wake_queues<'a>(&self, queues: impl IntoIterator<Item = &'a str>) {
-        wake::send_jobs_available(&self.inner.events, queues);
+        crate::store::send_jobs_available(&self.inner.events, queues);
     }
 
     async fn job_get_any(&self, tenant: TenantId, id: JobId) -> Result<Option<Job>> {

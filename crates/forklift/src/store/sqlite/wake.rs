@@ -5,12 +5,11 @@
 //! open store registers here under its database file, and such an enqueue wakes the
 //! stores of this process that use the same file.
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, Weak};
 
 use tokio::sync::broadcast;
 
-use crate::store::Event;
+use crate::store::{Event, send_jobs_available};
 
 /// The event senders of this process's open stores, by database file.
 static OPEN: Mutex<Vec<(String, Weak<broadcast::Sender<Event>>)>> = Mutex::new(Vec::new());
@@ -20,19 +19,6 @@ pub fn register(file: &str, events: &Arc<broadcast::Sender<Event>>) {
     let mut open = OPEN.lock().unwrap();
     open.retain(|(_, sender)| sender.strong_count() > 0);
     open.push((file.to_string(), Arc::downgrade(events)));
-}
-
-/// Sends one `JobsAvailable` per distinct queue to one store's subscribers.
-pub fn send_jobs_available<'a>(
-    events: &broadcast::Sender<Event>,
-    queues: impl IntoIterator<Item = &'a str>,
-) {
-    for queue in queues.into_iter().collect::<BTreeSet<_>>() {
-        // No subscriber is fine: then nobody here is waiting.
-        let _ = events.send(Event::JobsAvailable {
-            queue: queue.to_string(),
-        });
-    }
 }
 
 /// Wakes every store of this process on `file`.
