@@ -26,6 +26,42 @@ pub enum Error {
 }
 
 impl Error {
+    /// The database could not be reached or stopped answering: the error says nothing
+    /// about the request, and the same request may succeed once the database is back.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            Error::Database(
+                sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::Io(_)
+                    | sqlx::Error::Tls(_)
+                    | sqlx::Error::Protocol(_)
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+
+    /// The database refused a value it was given: PostgreSQL's data exceptions (SQLSTATE
+    /// class 22: a character or a time it cannot store, a number out of range) and
+    /// program limits (class 54), SQLite's too-big, constraint, mismatch and range errors.
+    /// Sending the same value again fails again, so it is the caller's error (a 400), not
+    /// the database's.
+    pub fn is_refused_value(&self) -> bool {
+        let Error::Database(sqlx::Error::Database(db)) = self else {
+            return false;
+        };
+        let Some(code) = db.code() else {
+            return false;
+        };
+        if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+            // Extended result codes: the primary code is the low byte.
+            let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0);
+            return matches!(primary, 18 | 19 | 20 | 25);
+        }
+        code.starts_with("22") || code.starts_with("54")
+    }
+
     pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {
         Error::Invalid {
             field: field.to_string(),

@@ -11,19 +11,25 @@ use crate::error::{Error, Result};
 /// The largest number of jobs one enqueue call may carry.
 pub const MAX_BATCH: usize = 10_000;
 
+/// The furthest ahead a job can be put off: `delay_seconds`, `run_at`, a retry's back-off
+/// and a snooze alike. Far enough for any schedule, and far inside the time range of both
+/// stores, so that no computed time can overflow a column.
+pub const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 86_400);
+
 /// A job to enqueue. Build it with [`NewJob::new`] and the chained setters; every
 /// field is checked by [`NewJob::validate`] before anything is written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
     /// 1–100 characters of `[A-Za-z0-9_.:-]`.
     pub job_type: String,
-    /// Any JSON value. Default `{}`.
+    /// Any JSON value without NUL characters (which PostgreSQL cannot store). Default `{}`.
     pub payload: serde_json::Value,
     /// Named queue, same charset as the type. Default `default`.
     pub queue: String,
     /// 0–9, 0 runs first. Default 5.
     pub priority: i16,
-    /// Not before this time. Default: now (the database's clock).
+    /// Not before this time, at most 10 years ahead. A time in the past means now: it
+    /// does not put the job ahead of jobs already due. Default: now (the database's clock).
     pub run_at: Option<DateTime<Utc>>,
     /// Not before this long from now (the database's clock); exclusive with `run_at`.
     pub delay: Option<Duration>,
@@ -134,15 +140,25 @@ impl NewJob {
             ));
         }
         if let Some(d) = self.delay
-            && d > Duration::from_secs(10 * 365 * 86_400)
+            && d > MAX_DELAY
         {
             return Err(Error::invalid("delay_seconds", "must be at most 10 years"));
         }
-        if let Some(key) = &self.unique_key
-            && (key.is_empty() || key.chars().count() > 255)
+        if let Some(at) = self.run_at
+            && at > Utc::now() + MAX_DELAY
         {
-            return Err(Error::invalid("unique_key", "must be 1 to 255 characters"));
+            return Err(Error::invalid(
+                "run_at",
+                "must be at most 10 years from now",
+            ));
         }
+        if let Some(key) = &self.unique_key {
+            if key.is_empty() || key.chars().count() > 255 {
+                return Err(Error::invalid("unique_key", "must be 1 to 255 characters"));
+            }
+            check_text("unique_key", key)?;
+        }
+        check_json("payload", &self.payload)?;
         if self.tags.len() > 20 {
             return Err(Error::invalid("tags", "at most 20 tags"));
         }
@@ -156,8 +172,47 @@ impl NewJob {
                 "each tag must be 1 to 100 characters",
             ));
         }
-        Ok(())
+        self.tags.iter().try_for_each(|t| check_text("tags", t))
     }
+
+    /// When the job becomes due, if it is later than now: a `run_at` in the past (year 1,
+    /// say) is now, so that it cannot jump ahead of every job already waiting, and so that
+    /// no store is asked to keep a time outside its range.
+    pub(crate) fn future_run_at(&self) -> Option<DateTime<Utc>> {
+        self.run_at.filter(|at| *at > Utc::now())
+    }
+}
+
+/// Refuses a string that a store cannot keep: PostgreSQL's `text` and `jsonb` refuse the
+/// NUL character. One check for both stores, so that they accept the same values.
+pub fn check_text(field: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(Error::invalid(
+            field,
+            "must not contain the NUL character (\\u0000)",
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_text`] over every key and string of a JSON value.
+pub fn check_json(field: &str, value: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) => check_text(field, s)?,
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (k, item) in map {
+                    check_text(field, k)?;
+                    stack.push(item);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Checks a job type or queue name: 1–100 characters of `[A-Za-z0-9_.:-]`.

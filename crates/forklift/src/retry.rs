@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::new_job::MAX_DELAY;
+
 /// How long a job waits before its next attempt after a retryable failure.
 ///
 /// The delay after failed attempt `n` (1-based) is `base * 2^(n-1)`, capped at `cap`,
@@ -31,11 +33,12 @@ impl Default for Backoff {
 
 impl Backoff {
     /// The delay before retrying, without jitter: the middle of the range `delay` draws from.
+    /// At most [`MAX_DELAY`], whatever the base and cap.
     pub fn nominal(&self, failed_attempt: i32) -> Duration {
         let exp = failed_attempt.saturating_sub(1).clamp(0, 62) as u32;
         let factor = 2f64.powi(exp as i32);
         let secs = (self.base.as_secs_f64() * factor).min(self.cap.as_secs_f64());
-        Duration::from_secs_f64(secs)
+        at_most_max_delay(secs)
     }
 
     /// The delay before retrying after `failed_attempt`, with jitter.
@@ -47,8 +50,17 @@ impl Backoff {
         } else {
             0.0
         };
-        Duration::from_secs_f64((nominal * (1.0 + share)).max(0.0))
+        at_most_max_delay(nominal * (1.0 + share))
     }
+}
+
+/// Seconds as a duration within 0..=[`MAX_DELAY`] (a float past `Duration`'s range would
+/// panic in `Duration::from_secs_f64`).
+fn at_most_max_delay(secs: f64) -> Duration {
+    if secs.is_nan() || secs <= 0.0 {
+        return Duration::ZERO;
+    }
+    Duration::from_secs_f64(secs.min(MAX_DELAY.as_secs_f64()))
 }
 
 #[cfg(test)]
@@ -95,5 +107,18 @@ mod tests {
         let b = Backoff::default();
         assert_eq!(b.nominal(0), Duration::from_secs(1));
         assert_eq!(b.nominal(-3), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_base_or_cap_past_any_calendar_gives_at_most_ten_years() {
+        let huge = Backoff {
+            base: Duration::MAX,
+            cap: Duration::MAX,
+            jitter: 1.0,
+        };
+        for attempt in [1, 2, 63, i32::MAX] {
+            assert!(huge.delay(attempt) <= MAX_DELAY);
+            assert_eq!(huge.nominal(attempt), MAX_DELAY);
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! Background upkeep that exactly one process should do at a time: the leader, elected
-//! through the database. Each service has a `run_once` that tests call directly.
+//! Background upkeep that one process at a time does: the leader, elected through the
+//! database, acting only within its term. Each service has a `run_once` that tests call
+//! directly.
 
 mod elector;
 mod pruner;
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::elector::Elector;
 pub use self::pruner::Pruner;
 pub use self::rescuer::Rescuer;
+use crate::error::Result;
 use crate::retry::Backoff;
 use crate::store::Store;
 
@@ -63,26 +65,52 @@ impl Maintainer {
     }
 
     /// Campaigns for leadership and, while leader, runs each service on its interval.
+    ///
+    /// At most one process holds the term at a time, and the leader acts only within it:
+    /// the campaign runs on its own clock (a long prune cannot keep the leader from renewing
+    /// its term), a service starts only with term left, the pruner checks it before each
+    /// batch, and a step still running when the term ends is stopped. What can outlast a
+    /// term is the one statement in flight at that moment, and every statement is guarded
+    /// (by status and lease expiry), so a step that two leaders overlap on changes nothing
+    /// twice.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut elect = tokio::time::interval(self.config.leader_ttl / 3);
+        let campaign = tokio::spawn(self.clone().campaign(stop.clone()));
         let mut rescue = tokio::time::interval(self.config.rescue_interval);
         let mut prune = tokio::time::interval(self.config.prune_interval);
-        let mut leader = false;
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = elect.tick() => leader = self.elector.campaign().await,
-                _ = rescue.tick(), if leader => {
-                    if let Err(e) = self.rescuer.run_once().await {
-                        tracing::warn!(error = %e, "rescue failed");
-                    }
-                }
-                _ = prune.tick(), if leader => {
-                    if let Some(p) = &self.pruner && let Err(e) = p.run_once().await {
-                        tracing::warn!(error = %e, "prune failed");
+                _ = stop.cancelled() => break,
+                _ = rescue.tick() => self.within_term("rescue", self.rescuer.run_once()).await,
+                _ = prune.tick() => {
+                    if let Some(p) = &self.pruner {
+                        let elector = &self.elector;
+                        self.within_term("prune", p.run_while(|| elector.term_left().is_some())).await;
                     }
                 }
             }
+        }
+        let _ = campaign.await;
+    }
+
+    async fn campaign(self: Arc<Self>, stop: CancellationToken) {
+        let mut elect = tokio::time::interval(self.config.leader_ttl / 3);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = elect.tick() => { self.elector.campaign().await; }
+            }
+        }
+    }
+
+    /// Runs one step of a service if this process leads, for at most the term it has left.
+    async fn within_term<T>(&self, service: &str, step: impl Future<Output = Result<T>>) {
+        let Some(left) = self.elector.term_left() else {
+            return;
+        };
+        match tokio::time::timeout(left, step).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "{service} failed"),
+            Err(_) => tracing::warn!("{service} stopped at the end of the leader's term"),
         }
     }
 

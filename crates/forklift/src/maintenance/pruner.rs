@@ -21,13 +21,20 @@ impl Pruner {
 
     /// Deletes every finished job older than the retention; returns how many.
     pub async fn run_once(&self) -> Result<u64> {
+        self.run_while(|| true).await
+    }
+
+    /// [`Pruner::run_once`], checking `go_on` before each batch: the leader passes "my term
+    /// is not over", so that a long prune stops at a batch boundary when the term ends.
+    pub async fn run_while(&self, go_on: impl Fn() -> bool) -> Result<u64> {
         let mut total = 0;
-        loop {
+        while go_on() {
             let n = self.store.job_prune_finished(self.retention, BATCH).await?;
             total += n;
             if (n as i64) < BATCH {
-                return Ok(total);
+                break;
             }
         }
+        Ok(total)
     }
 }

@@ -1,53 +1,98 @@
 //! Writes finished attempts in batches: whatever gathered while the previous write was
 //! in flight goes in the next one, so one round trip finishes many jobs under load and a
 //! lone job still finishes at once.
+//!
+//! One completion the database refuses must not hold up the others: a refused batch is
+//! split in halves until the refused completion stands alone, and that one is written as
+//! a failure of its job (`unstorable_outcome`) instead. Only an unreachable database is
+//! waited out, since then every write would fail alike.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::error::Error;
 use crate::store::{Completion, Store};
 
 /// The most completions in one statement.
 const MAX_BATCH: usize = 2_000;
 
+/// Tries of a lone completion that the database refuses for a reason other than being
+/// unreachable (a deadlock, a serialization failure) before it is written as a failure.
+const LONE_TRIES: u32 = 3;
+
 /// Runs until every sender is dropped and everything received is written.
 pub(crate) async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Completion>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        write(&*store, &batch, rx.is_closed()).await;
-        batch.clear();
+        write(&*store, std::mem::take(&mut batch), rx.is_closed()).await;
     }
 }
 
-async fn write(store: &dyn Store, batch: &[Completion], closing: bool) {
+/// Writes `batch`, isolating any completion the database refuses.
+pub(crate) async fn write(store: &dyn Store, batch: Vec<Completion>, closing: bool) {
+    let mut groups = vec![batch];
+    while let Some(mut group) = groups.pop() {
+        let Err(refusal) = write_group(store, &group, closing).await else {
+            continue;
+        };
+        if group.len() > 1 {
+            let second = group.split_off(group.len() / 2);
+            groups.push(second);
+            groups.push(group);
+            continue;
+        }
+        let refused = &group[0];
+        tracing::error!(job_id = %refused.lease.job_id, error = %refusal, "the database refused a completion; failing the job instead");
+        let failure = refused.unstorable(&refusal);
+        if let Err(e) = write_group(store, std::slice::from_ref(&failure), closing).await {
+            // Left to its lease: the rescuer retries or fails the job.
+            tracing::error!(job_id = %refused.lease.job_id, error = %e, "could not record the failure either");
+        }
+    }
+}
+
+/// Writes one group: `Ok` once written (or given up at shutdown), `Err` with the refusal.
+async fn write_group(store: &dyn Store, group: &[Completion], closing: bool) -> Result<(), Error> {
     let mut delay = Duration::from_millis(50);
+    let mut refusals = 0;
     for attempt in 1.. {
-        match store.job_complete_many(batch).await {
+        match store.job_complete_many(group).await {
             Ok(accepted) => {
-                if accepted.len() < batch.len() {
-                    for c in batch.iter().filter(|c| !accepted.contains(&c.lease.job_id)) {
+                if accepted.len() < group.len() {
+                    for c in group.iter().filter(|c| !accepted.contains(&c.lease.job_id)) {
                         // Another worker or the rescuer owns the job now; our result is dropped.
                         tracing::warn!(job_id = %c.lease.job_id, status = %c.status, "completion rejected: the lease was lost");
                     }
                 }
-                return;
+                return Ok(());
             }
-            Err(e) => {
-                // Keep the batch and try again: while the database is away the leases run
+            Err(e) if e.is_unreachable() => {
+                // Keep the group and try again: while the database is away the leases run
                 // on, and if they lapse first, the rescuer retries the jobs (at least once).
-                tracing::warn!(error = %e, attempt, jobs = batch.len(), "could not write completions; retrying");
+                tracing::warn!(error = %e, attempt, jobs = group.len(), "could not write completions; retrying");
                 if closing && attempt >= 20 {
                     tracing::error!(
-                        jobs = batch.len(),
+                        jobs = group.len(),
                         "giving up on completions at shutdown; the rescuer will retry these jobs"
                     );
-                    return;
+                    return Ok(());
                 }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            // A group is split at once: the refusal is about one of its values, or it was
+            // a passing conflict that smaller writes get past.
+            Err(e) if group.len() > 1 || e.is_refused_value() => return Err(e),
+            Err(e) => {
+                refusals += 1;
+                if refusals >= LONE_TRIES {
+                    return Err(e);
+                }
+                tracing::warn!(error = %e, job_id = %group[0].lease.job_id, "completion failed; retrying");
             }
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
     }
+    unreachable!("the loop returns")
 }

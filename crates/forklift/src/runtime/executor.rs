@@ -81,8 +81,11 @@ pub(crate) fn decide(
         details: e.details,
     };
     let (result, result_url) = ctx_result;
-    let base = Completion {
+    // What the job ends with when it did its work; every other ending stores no result:
+    // a failed attempt's half-made result must not pass for the job's.
+    let done = Completion {
         lease,
+        attempt: job.attempt,
         status: JobStatus::Success,
         result,
         result_url,
@@ -91,9 +94,14 @@ pub(crate) fn decide(
         give_attempt_back: false,
         progress,
     };
+    let base = Completion {
+        result: None,
+        result_url: None,
+        ..done.clone()
+    };
     let error = match ending {
         _ if reason == CancelReason::LeaseLost => return After::Discard,
-        Ending::Returned(Ok(Outcome::Success)) => return After::Complete(base),
+        Ending::Returned(Ok(Outcome::Success)) => return After::Complete(done),
         Ending::Returned(Ok(Outcome::Partial(items))) => {
             let errors = items
                 .into_iter()
@@ -108,7 +116,7 @@ pub(crate) fn decide(
             return After::Complete(Completion {
                 status: JobStatus::PartialSuccess,
                 errors,
-                ..base
+                ..done
             });
         }
         Ending::Returned(Ok(Outcome::Snooze(_)) | Err(_)) if reason == CancelReason::Shutdown => {

@@ -95,6 +95,10 @@ impl Keeper {
         match tokio::time::timeout_at(deadline, renewal).await {
             Ok(Ok(held)) => {
                 *self.last_renewed.lock().unwrap() = started;
+                if self.running.set_renewals_failing(false) {
+                    tracing::info!("lease renewals succeed again; taking new jobs");
+                    self.queues.iter().for_each(|q| q.poke());
+                }
                 let held_ids: HashSet<_> = held.iter().map(|s| s.job_id).collect();
                 for lease in leases.iter().filter(|l| !held_ids.contains(&l.job_id)) {
                     // Rescued or finished elsewhere: stop working on it.
@@ -105,6 +109,8 @@ impl Keeper {
                 }
             }
             failed => {
+                // Stop taking new jobs until a renewal succeeds: their leases would lapse too.
+                self.running.set_renewals_failing(true);
                 match failed {
                     Ok(Err(e)) => {
                         tracing::warn!(error = %e, jobs = leases.len(), "could not renew leases")

@@ -9,7 +9,7 @@ mod producer;
 mod running;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -101,9 +101,17 @@ fn default_worker_id() -> String {
     )
 }
 
-/// A running worker. Call [`Worker::shutdown`] to stop it gracefully; dropping it
-/// stops fetching but leaves running jobs to lapse and be rescued.
+/// A running worker. Call [`Worker::shutdown`] to stop it gracefully. Dropping it stops
+/// it too, without a grace period: fetching stops at once, running handlers are asked to
+/// stop, and their jobs are released (in a task on the current runtime; if there is none,
+/// or it stops first, their leases lapse and the rescuer puts them back).
 pub struct Worker {
+    parts: Option<Parts>,
+    grace: Duration,
+}
+
+/// What a running worker is made of, taken out by shutdown or drop.
+struct Parts {
     stop_fetching: CancellationToken,
     stop_background: CancellationToken,
     producers: Vec<JoinHandle<()>>,
@@ -111,7 +119,6 @@ pub struct Worker {
     completer: JoinHandle<()>,
     shared: Arc<Shared>,
     maintainer: Option<Arc<Maintainer>>,
-    grace: Duration,
 }
 
 impl Worker {
@@ -128,6 +135,7 @@ impl Worker {
                 .map(|(k, v)| (k, Arc::new(v)))
                 .collect::<HashMap<_, _>>(),
             running: Arc::new(Running::default()),
+            per_type: Mutex::default(),
             completions: tx,
             tasks: TaskTracker::new(),
             worker_id: config.id.clone(),
@@ -177,26 +185,57 @@ impl Worker {
         };
         tracing::info!(worker_id = %config.id, queues = config.queues.len(), types = shared.handlers.len(), "worker started");
         Worker {
-            stop_fetching,
-            stop_background,
-            producers,
-            background,
-            completer,
-            shared,
-            maintainer,
+            parts: Some(Parts {
+                stop_fetching,
+                stop_background,
+                producers,
+                background,
+                completer,
+                shared,
+                maintainer,
+            }),
             grace: config.shutdown_grace,
         }
     }
 
     /// How many jobs this process is running now.
     pub fn running(&self) -> usize {
-        self.shared.running.len()
+        self.parts.as_ref().map_or(0, |p| p.shared.running.len())
     }
 
     /// Stops taking jobs, lets running ones finish within the grace period, then stops
     /// the rest and puts them back in the queue without using up their attempt. When
     /// this returns, nothing this worker leased is left `RUNNING`.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        if let Some(parts) = self.parts.take() {
+            parts.shutdown(self.grace).await;
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let Some(parts) = self.parts.take() else {
+            return; // shut down already
+        };
+        parts.stop_fetching.cancel();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(parts.shutdown(Duration::ZERO));
+            }
+            Err(_) => {
+                // No runtime to release the jobs on: stop everything; the leases lapse.
+                parts.stop_background.cancel();
+                parts.shared.running.cancel_all(CancelReason::Shutdown);
+                parts.shared.running.abort_all();
+                parts.producers.iter().for_each(JoinHandle::abort);
+            }
+        }
+    }
+}
+
+impl Parts {
+    async fn shutdown(self, grace: Duration) {
         self.stop_fetching.cancel();
         for p in self.producers {
             let _ = p.await;
@@ -204,7 +243,7 @@ impl Worker {
         let running = &self.shared.running;
         let tasks = &self.shared.tasks;
         tasks.close();
-        if tokio::time::timeout(self.grace, running.wait_empty())
+        if tokio::time::timeout(grace, running.wait_empty())
             .await
             .is_err()
         {

@@ -24,8 +24,6 @@ pub(crate) struct QueueState {
     /// Set when the last fetch was full or a wake-up came while there was no room:
     /// a freed slot should then fetch again rather than wait for the poll.
     pub maybe_more: AtomicBool,
-    /// Running jobs per type, for per-type concurrency limits.
-    pub per_type: Mutex<HashMap<String, usize>>,
 }
 
 impl QueueState {
@@ -35,7 +33,6 @@ impl QueueState {
             slots: Arc::new(Semaphore::new(concurrency)),
             wake: Notify::new(),
             maybe_more: AtomicBool::new(true),
-            per_type: Mutex::default(),
         })
     }
 
@@ -50,6 +47,9 @@ pub(crate) struct Shared {
     pub store: Arc<dyn Store>,
     pub handlers: HashMap<String, Arc<Registered>>,
     pub running: Arc<Running>,
+    /// Jobs of each type with a concurrency limit running (or being fetched) in this
+    /// process, across all its queues: the limit is per process, whatever the queue.
+    pub per_type: Mutex<HashMap<String, usize>>,
     pub completions: mpsc::UnboundedSender<Completion>,
     pub tasks: TaskTracker,
     pub worker_id: String,
@@ -72,13 +72,19 @@ pub(crate) async fn run(shared: Arc<Shared>, queue: Arc<QueueState>, stop: Cance
 /// Fetches until the queue is empty or there is no room left.
 async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &CancellationToken) {
     while !stop.is_cancelled() && queue.maybe_more.swap(false, Ordering::AcqRel) {
+        if shared.running.renewals_failing() {
+            // Leases cannot be renewed now: taking more jobs would only add leases that
+            // lapse. Look again at the next poll or once a renewal succeeds.
+            queue.maybe_more.store(true, Ordering::Release);
+            return;
+        }
         let (mut any_full, mut out_of_room) = (false, false);
-        for (types, room) in fetch_classes(shared, queue) {
-            let free = queue
-                .slots
-                .available_permits()
-                .min(room)
-                .min(shared.fetch_batch);
+        for class in fetch_classes(shared) {
+            let free = queue.slots.available_permits().min(shared.fetch_batch);
+            let free = match &class.limited {
+                None => free,
+                Some((name, limit)) => shared.reserve(name, *limit, free),
+            };
             if free == 0 {
                 out_of_room = true;
                 continue;
@@ -90,12 +96,17 @@ async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &Cancellation
                 .expect("permits were available");
             let params = FetchParams {
                 queue: queue.name.clone(),
-                types,
+                types: class.types,
                 limit: free as i64,
                 worker_id: shared.worker_id.clone(),
                 lease_ttl: shared.lease_ttl,
             };
-            match shared.store.job_fetch_available(&params).await {
+            let fetched = shared.store.job_fetch_available(&params).await;
+            let taken = fetched.as_ref().map_or(0, Vec::len);
+            if let Some((name, _)) = &class.limited {
+                shared.unreserve(name, free - taken);
+            }
+            match fetched {
                 Ok(jobs) => {
                     any_full |= jobs.len() == free;
                     start_all(shared, queue, jobs, permits);
@@ -117,27 +128,56 @@ async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &Cancellation
     }
 }
 
-/// Groups the registered types by the room they have: all types without a limit in one
-/// fetch, each limited type in its own, capped by its remaining room.
-fn fetch_classes(shared: &Shared, queue: &QueueState) -> Vec<(Vec<String>, usize)> {
-    let per_type = queue.per_type.lock().unwrap();
+/// Types fetched together: all types without a limit in one fetch, each limited type in
+/// its own, capped by the room its limit leaves.
+struct FetchClass {
+    types: Vec<String>,
+    /// The type's name and limit, when the class is one limited type.
+    limited: Option<(String, usize)>,
+}
+
+fn fetch_classes(shared: &Shared) -> Vec<FetchClass> {
     let mut unlimited = Vec::new();
     let mut classes = Vec::new();
     for (name, reg) in &shared.handlers {
         match reg.options.concurrency {
             None => unlimited.push(name.clone()),
-            Some(limit) => {
-                let room = limit.saturating_sub(per_type.get(name).copied().unwrap_or(0));
-                if room > 0 {
-                    classes.push((vec![name.clone()], room));
-                }
-            }
+            Some(limit) => classes.push(FetchClass {
+                types: vec![name.clone()],
+                limited: Some((name.clone(), limit)),
+            }),
         }
     }
     if !unlimited.is_empty() {
-        classes.insert(0, (unlimited, usize::MAX));
+        classes.insert(
+            0,
+            FetchClass {
+                types: unlimited,
+                limited: None,
+            },
+        );
     }
     classes
+}
+
+impl Shared {
+    /// Counts up to `wanted` more jobs of a limited type as running before they are
+    /// fetched, so that two queues fetching at once cannot both fill the same room.
+    /// Returns how many were counted.
+    fn reserve(&self, job_type: &str, limit: usize, wanted: usize) -> usize {
+        let mut per_type = self.per_type.lock().unwrap();
+        let n = per_type.entry(job_type.to_string()).or_default();
+        let room = limit.saturating_sub(*n).min(wanted);
+        *n += room;
+        room
+    }
+
+    /// Gives back what was counted and did not run (a fetch that found fewer, a job done).
+    fn unreserve(&self, job_type: &str, count: usize) {
+        if let Some(n) = self.per_type.lock().unwrap().get_mut(job_type) {
+            *n = n.saturating_sub(count);
+        }
+    }
 }
 
 fn start_all(
@@ -148,12 +188,6 @@ fn start_all(
 ) {
     for leased in jobs {
         let permit = permits.split(1).expect("one permit per fetched job");
-        *queue
-            .per_type
-            .lock()
-            .unwrap()
-            .entry(leased.job.job_type.clone())
-            .or_default() += 1;
         let Some(reg) = shared.handlers.get(&leased.job.job_type).cloned() else {
             continue; // unreachable: the fetch asked only for registered types
         };
@@ -238,9 +272,7 @@ fn finish(
             tracing::warn!(job_id = %ctx.job_id(), "attempt finished after its lease was lost; result dropped");
         }
     }
-    if let Some(n) = queue.per_type.lock().unwrap().get_mut(&job.job_type) {
-        *n = n.saturating_sub(1);
-    }
+    shared.unreserve(&job.job_type, 1);
     drop(permit);
     if queue.maybe_more.load(Ordering::Acquire) {
         queue.wake.notify_one();

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -23,9 +24,20 @@ pub(crate) struct RunningJob {
 pub(crate) struct Running {
     jobs: Mutex<HashMap<JobId, RunningJob>>,
     emptied: Notify,
+    /// Set by the keeper while lease renewals fail; producers take no new jobs then.
+    renewals_failing: AtomicBool,
 }
 
 impl Running {
+    pub fn renewals_failing(&self) -> bool {
+        self.renewals_failing.load(Ordering::Acquire)
+    }
+
+    /// Records whether the last renewal failed; returns whether that changed.
+    pub fn set_renewals_failing(&self, failing: bool) -> bool {
+        self.renewals_failing.swap(failing, Ordering::AcqRel) != failing
+    }
+
     pub fn insert(&self, lease: Lease, ctx: JobContext) {
         self.jobs.lock().unwrap().insert(
             lease.job_id,

@@ -75,17 +75,6 @@ impl Coalescer {
     }
 }
 
-/// Errors that say nothing about the request, only that the database cannot be reached.
-fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-    )
-}
-
 async fn run(write: WriteFn, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
     let mut batch = Vec::with_capacity(MAX_REQUESTS);
     loop {
@@ -113,7 +102,7 @@ async fn run(write: WriteFn, rx: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>) {
                 }
                 // The database is unreachable: every caller gets that answer now, rather
                 // than each waiting for its own attempt to time out as well.
-                Err(Error::Database(e)) if unreachable(&e) => {
+                Err(e) if e.is_unreachable() => {
                     let message = e.to_string();
                     for reply in replies {
                         let _ = reply.send(Err(Error::Database(sqlx::Error::Io(

@@ -216,6 +216,43 @@ pub struct ListParams {
     pub cursor: Option<Cursor>,
 }
 
+impl ListParams {
+    /// Checks the filters and brings them into the range both stores can compare: the
+    /// same answer from PostgreSQL and SQLite for any input, and never a database error.
+    /// A time filter outside the years 1970–9999 selects what the nearer end would (no job
+    /// was created outside them); a string with a NUL character is refused.
+    pub fn validated(&self) -> Result<ListParams> {
+        for (field, value) in [
+            ("type", &self.job_type),
+            ("queue", &self.queue),
+            ("tag", &self.tag),
+        ] {
+            if let Some(v) = value {
+                crate::new_job::check_text(field, v)?;
+            }
+        }
+        Ok(ListParams {
+            created_after: self.created_after.map(clamp_to_stored_range),
+            created_before: self.created_before.map(clamp_to_stored_range),
+            limit: self.limit.clamp(1, 500),
+            ..self.clone()
+        })
+    }
+}
+
+/// The range of times a job can carry: from the Unix epoch to the end of year 9999.
+fn stored_range() -> (DateTime<Utc>, DateTime<Utc>) {
+    (
+        DateTime::UNIX_EPOCH,
+        DateTime::from_timestamp(253_402_300_799, 0).expect("9999-12-31T23:59:59Z is valid"),
+    )
+}
+
+fn clamp_to_stored_range(t: DateTime<Utc>) -> DateTime<Utc> {
+    let (min, max) = stored_range();
+    t.clamp(min, max)
+}
+
 /// A position in the newest-first order: the last job of the previous page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cursor {
@@ -233,10 +270,14 @@ impl Cursor {
         )
     }
 
-    /// Reads a token made by [`Cursor::encode`].
+    /// Reads a token made by [`Cursor::encode`]; a time no job can have is not one.
     pub fn decode(s: &str) -> Option<Cursor> {
         let (micros, hex) = s.split_once('_')?;
         let created_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
+        let (min, max) = stored_range();
+        if !(min..=max).contains(&created_at) {
+            return None;
+        }
         let id = JobId(Uuid::try_parse(hex).ok()?);
         Some(Cursor { created_at, id })
     }
@@ -295,6 +336,8 @@ pub struct ProgressUpdate {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Completion {
     pub lease: Lease,
+    /// The attempt this ends (to record it if its outcome cannot be stored).
+    pub attempt: i32,
     /// `SUCCESS`, `PARTIAL_SUCCESS`, `FAILED`, `CANCELLED`, or `QUEUED` (retry or snooze).
     /// A `QUEUED` completion of a job whose cancel was asked becomes `CANCELLED`.
     pub status: JobStatus,
@@ -302,12 +345,107 @@ pub struct Completion {
     pub result_url: Option<String>,
     /// Appended to the job's errors.
     pub errors: Vec<ErrorEntry>,
-    /// When `QUEUED`: how long from now before it runs again.
+    /// When `QUEUED`: how long from now before it runs again (at most
+    /// [`MAX_DELAY`](crate::new_job::MAX_DELAY): a longer one is cut to it).
     pub retry_in: Duration,
     /// A snooze gives the attempt back.
     pub give_attempt_back: bool,
     /// The handler's last progress, if it reported one.
     pub progress: Option<i16>,
+}
+
+impl Completion {
+    /// What is written instead when the database refused this completion (a value it
+    /// cannot store that [`storable`] did not catch): the job fails, with the reason,
+    /// rather than blocking the completions written with it or running again for nothing.
+    pub fn unstorable(&self, refusal: &Error) -> Completion {
+        let message = format!(
+            "the attempt ended ({}) but the database refused to store its outcome: {refusal}",
+            self.status
+        );
+        Completion {
+            lease: self.lease,
+            attempt: self.attempt,
+            status: JobStatus::Failed,
+            result: None,
+            result_url: None,
+            errors: vec![ErrorEntry {
+                message: scrub_text(&message).into_owned(),
+                code: "unstorable_outcome".into(),
+                attempt: self.attempt,
+                at: Utc::now(),
+                details: serde_json::Value::Null,
+            }],
+            retry_in: Duration::ZERO,
+            give_attempt_back: false,
+            progress: self.progress,
+        }
+    }
+}
+
+/// Makes completions storable on both stores, before either writes them: a NUL character
+/// (which PostgreSQL's `text` and `jsonb` refuse) in a result, result URL or error becomes
+/// U+FFFD, and a retry delay is cut to [`MAX_DELAY`](crate::new_job::MAX_DELAY), so that
+/// no computed time leaves a column's range. Borrowed as they are when nothing needs it.
+pub(crate) fn storable(cs: &[Completion]) -> std::borrow::Cow<'_, [Completion]> {
+    use crate::new_job::MAX_DELAY;
+    let needs = |c: &Completion| {
+        c.retry_in > MAX_DELAY
+            || c.result.as_ref().is_some_and(has_nul)
+            || c.result_url.as_deref().is_some_and(|u| u.contains('\0'))
+            || c.errors
+                .iter()
+                .any(|e| e.message.contains('\0') || e.code.contains('\0') || has_nul(&e.details))
+    };
+    if !cs.iter().any(needs) {
+        return std::borrow::Cow::Borrowed(cs);
+    }
+    let cleaned = cs
+        .iter()
+        .map(|c| Completion {
+            retry_in: c.retry_in.min(MAX_DELAY),
+            result: c.result.as_ref().map(scrub_json),
+            result_url: c.result_url.as_deref().map(|u| scrub_text(u).into_owned()),
+            errors: c
+                .errors
+                .iter()
+                .map(|e| ErrorEntry {
+                    message: scrub_text(&e.message).into_owned(),
+                    code: scrub_text(&e.code).into_owned(),
+                    details: scrub_json(&e.details),
+                    ..e.clone()
+                })
+                .collect(),
+            ..c.clone()
+        })
+        .collect();
+    std::borrow::Cow::Owned(cleaned)
+}
+
+fn scrub_text(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        std::borrow::Cow::Owned(s.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+fn has_nul(v: &serde_json::Value) -> bool {
+    crate::new_job::check_json("", v).is_err()
+}
+
+fn scrub_json(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(scrub_text(s).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(scrub_json).collect()),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, item)| (scrub_text(k).into_owned(), scrub_json(item)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 /// Settings for [`Store::job_rescue_lapsed`].

@@ -8,12 +8,14 @@
 mod support;
 
 mod outcomes;
+mod robustness;
 mod signals;
 
 use forklift::{NewJob, Registry, TypeOptions, builtin};
 use support::{conformance, quick_backoff};
 
 use self::outcomes::*;
+use self::robustness::*;
 use self::signals::*;
 
 conformance! {
@@ -35,6 +37,12 @@ conformance! {
         a_job_whose_worker_vanished_is_rescued_and_run_by_another,
         progress_is_written_while_the_handler_runs,
         per_type_concurrency_is_respected,
+        an_error_message_with_a_nul_character_fails_only_its_job,
+        a_completion_the_database_refuses_fails_that_job_and_not_the_others,
+        snoozes_and_back_offs_past_any_calendar_wait_at_most_ten_years,
+        a_dropped_worker_stops_fetching_and_releases_its_jobs,
+        per_type_concurrency_is_per_process_across_queues,
+        a_worker_whose_lease_renewals_fail_takes_no_new_jobs_until_they_succeed,
     ],
     pg: [
         cancelling_a_running_job_reaches_its_handler_from_another_process,

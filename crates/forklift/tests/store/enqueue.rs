@@ -339,3 +339,46 @@ pub async fn concurrent_single_enqueues_from_many_tenants_each_get_their_own_job
         ));
     }
 }
+
+/// A keyed batch on PostgreSQL can take several rounds: insert, look up the keys' holders,
+/// insert again where a holder finished in between. Triggers stage that race here: the
+/// first round's statement finishes the holder, and the second round is refused. Before
+/// the rounds shared a transaction, the first round's rows stayed while the caller heard
+/// of an error.
+pub async fn a_keyed_batch_that_fails_in_a_later_round_writes_nothing(h: Harness) {
+    let client = h.client();
+    let holder = client
+        .enqueue(noop().unique_key("k"))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    sqlx::raw_sql(
+        "create function forklift_test_finish_holder() returns trigger language plpgsql as $$
+            begin update forklift_jobs set status = 'SUCCESS', completed_at = now()
+                  where unique_key = 'k' and status = 'QUEUED'; return null; end $$;
+         create trigger forklift_test_finish_holder after insert on forklift_jobs
+            for each statement execute function forklift_test_finish_holder();
+         create function forklift_test_refuse_second() returns trigger language plpgsql as $$
+            begin
+              if exists (select 1 from forklift_jobs where unique_key = 'k' and status = 'SUCCESS')
+              then raise exception 'refused in the second round'; end if;
+              return new;
+            end $$;
+         create trigger forklift_test_refuse_second before insert on forklift_jobs
+            for each row when (new.unique_key = 'k') execute function forklift_test_refuse_second();",
+    )
+    .execute(&h.pg_schema().pool)
+    .await
+    .unwrap();
+    let batch = vec![noop(), noop().unique_key("k"), noop()];
+    let err = client.enqueue_many(&batch).await.unwrap_err();
+    assert!(matches!(err, Error::Database(_)), "{err:?}");
+    assert_eq!(h.count_jobs().await, 1, "only the holder");
+    let job = client.get(holder).await.unwrap();
+    assert_eq!(
+        job.status,
+        JobStatus::Queued,
+        "the holder's change rolled back"
+    );
+}

@@ -12,6 +12,7 @@ mod support;
 mod enqueue;
 mod manage;
 mod upkeep;
+mod values;
 mod work;
 
 use std::time::Duration;
@@ -24,6 +25,7 @@ use support::{Harness, conformance};
 use self::enqueue::*;
 use self::manage::*;
 use self::upkeep::*;
+use self::values::*;
 use self::work::*;
 
 conformance! {
@@ -67,8 +69,20 @@ conformance! {
         a_lapsed_leadership_goes_to_the_next_candidate,
         prune_deletes_only_old_finished_jobs,
         migrations_are_safe_to_run_concurrently_and_again,
+        nul_characters_are_refused_in_every_field_before_anything_is_written,
+        a_run_at_in_the_past_is_due_now_and_does_not_jump_the_line,
+        a_run_at_more_than_ten_years_ahead_is_refused,
+        list_time_filters_and_cursors_at_any_instant_answer_without_error,
+        a_completion_with_nul_characters_is_stored_with_them_replaced,
+        a_retry_delay_past_any_calendar_is_cut_to_ten_years,
+        a_rescue_back_off_past_any_calendar_is_cut_to_ten_years,
+        releasing_a_job_whose_cancel_was_asked_cancels_it,
+        a_failure_of_a_job_whose_cancel_the_worker_never_heard_of_ends_cancelled,
+        retry_clears_the_result_of_the_earlier_run,
+        pruning_stops_between_batches_once_told_to,
     ],
     pg: [
+        a_keyed_batch_that_fails_in_a_later_round_writes_nothing,
         transactional_enqueue_on_postgres_exists_only_if_the_transaction_commits,
         fetch_skips_jobs_locked_by_another_transaction,
     ],
@@ -103,6 +117,7 @@ fn lease(leased: &LeasedJob) -> Lease {
 fn completion(leased: &LeasedJob, status: JobStatus) -> Completion {
     Completion {
         lease: lease(leased),
+        attempt: leased.job.attempt,
         status,
         result: Some(json!({"ok": true})),
         result_url: None,

@@ -212,3 +212,27 @@ pub async fn a_write_waits_for_another_connections_write_instead_of_failing(h: H
     assert!(inserted.inserted);
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
+
+pub async fn pruning_stops_between_batches_once_told_to(h: Harness) {
+    h.client().enqueue_many(&vec![noop(); 6_000]).await.unwrap();
+    let leased = h
+        .store
+        .job_fetch_available(&fetch_params(6_000))
+        .await
+        .unwrap();
+    let done: Vec<_> = leased
+        .iter()
+        .map(|l| crate::completion(l, JobStatus::Success))
+        .collect();
+    assert_eq!(h.store.job_complete_many(&done).await.unwrap().len(), 6_000);
+    h.age_finished(Duration::from_secs(2 * 86_400)).await;
+    let pruner = forklift::maintenance::Pruner::new(h.dyn_store(), Duration::from_secs(86_400));
+    let batches = std::sync::atomic::AtomicUsize::new(0);
+    let pruned = pruner
+        .run_while(|| batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 1)
+        .await
+        .unwrap();
+    assert_eq!(pruned, 5_000, "one batch, then the term was over");
+    assert_eq!(h.count_jobs().await, 1_000);
+    assert_eq!(pruner.run_once().await.unwrap(), 1_000);
+}

@@ -14,19 +14,20 @@ use crate::{completion, error_entry, fetch_one, fetch_params, lease, noop};
 
 pub async fn fetch_follows_priority_then_run_at_then_id(h: Harness) {
     let client = h.client();
-    let past = chrono::Utc::now() - chrono::Duration::seconds(60);
+    let soon = chrono::Utc::now() + chrono::Duration::milliseconds(150);
     let low = client.enqueue(noop().priority(9)).await.unwrap().job.job_id;
-    let high_late = client.enqueue(noop().priority(0)).await.unwrap().job.job_id;
-    let high_early = client
-        .enqueue(noop().priority(0).run_at(past))
+    let high_late = client
+        .enqueue(noop().priority(0).run_at(soon))
         .await
         .unwrap()
         .job
         .job_id;
+    let high_early = client.enqueue(noop().priority(0)).await.unwrap().job.job_id;
     let _future = client
         .enqueue(noop().priority(0).delay(Duration::from_secs(3600)))
         .await
         .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let fetched: Vec<JobId> = h
         .store
         .job_fetch_available(&fetch_params(10))

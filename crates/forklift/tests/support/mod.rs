@@ -251,6 +251,46 @@ impl Harness {
         }
     }
 
+    /// Makes the database refuse, with an error, any update of a job for which a condition
+    /// holds (a trigger; `old` and `new` name the row before and after): a value it cannot
+    /// store, or a write that fails, which no input produces on purpose. PostgreSQL raises
+    /// a data exception (SQLSTATE 22023), SQLite aborts (a constraint error).
+    pub async fn refuse_updates_when(&self, pg_condition: &str, sqlite_condition: &str) {
+        let sql = match &self.backend {
+            Backend::Pg { .. } => format!(
+                "create function forklift_test_refuse_update() returns trigger language plpgsql
+                    as $$ begin raise exception 'refused by the test' using errcode = '22023'; end $$;
+                 create trigger forklift_test_refuse_update before update on forklift_jobs
+                    for each row when ({pg_condition}) execute function forklift_test_refuse_update();"
+            ),
+            Backend::Sqlite { .. } => format!(
+                "create trigger forklift_test_refuse_update before update on forklift_jobs
+                 when {sqlite_condition} begin select raise(abort, 'refused by the test'); end"
+            ),
+        };
+        self.raw(&sql).await;
+    }
+
+    /// Undoes [`Harness::refuse_updates_when`].
+    pub async fn allow_updates(&self) {
+        let sql = match &self.backend {
+            Backend::Pg { .. } => "drop trigger forklift_test_refuse_update on forklift_jobs",
+            Backend::Sqlite { .. } => "drop trigger forklift_test_refuse_update",
+        };
+        self.raw(sql).await;
+    }
+
+    async fn raw(&self, sql: &str) {
+        match &self.backend {
+            Backend::Pg { schema, .. } => {
+                sqlx::raw_sql(sql).execute(&schema.pool).await.expect(sql);
+            }
+            Backend::Sqlite { store, .. } => {
+                sqlx::raw_sql(sql).execute(store.pool()).await.expect(sql);
+            }
+        }
+    }
+
     /// Makes every queued job due now (skips a back-off).
     pub async fn make_due(&self) {
         match &self.backend {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::row::{JOB_COLUMNS, JobRow};
@@ -21,6 +21,28 @@ pub async fn insert_many(
     jobs: &[NewJob],
 ) -> Result<Vec<Inserted>> {
     insert_for_tenants(conn, &vec![tenant; jobs.len()], jobs).await
+}
+
+/// [`insert_for_tenants`] on the pool, all or nothing: several callers' requests, or one
+/// large batch, commit together or not at all.
+///
+/// Without unique keys the insert is one statement, atomic by itself. With them it may
+/// take a few rounds (insert, look up the keys' holders, insert again where a holder
+/// finished meanwhile), so they run in one transaction: a failure in a later round must
+/// not leave the rows of an earlier one behind while the caller hears of an error.
+pub async fn insert_atomically(
+    pool: &PgPool,
+    tenants: &[TenantId],
+    jobs: &[NewJob],
+) -> Result<Vec<Inserted>> {
+    if jobs.iter().all(|j| j.unique_key.is_none()) {
+        let mut conn = pool.acquire().await?;
+        return insert_for_tenants(&mut conn, tenants, jobs).await;
+    }
+    let mut tx = pool.begin().await?;
+    let inserted = insert_for_tenants(&mut tx, tenants, jobs).await?;
+    tx.commit().await?;
+    Ok(inserted)
 }
 
 /// [`insert_many`] where each job has its own tenant: what the coalescer sends, the jobs
@@ -114,7 +136,7 @@ async fn insert_rows(
     let payload: Vec<serde_json::Value> = which.iter().map(|&i| jobs[i].payload.clone()).collect();
     let max_attempts: Vec<i32> = which.iter().map(|&i| jobs[i].max_attempts).collect();
     let run_at: Vec<Option<chrono::DateTime<chrono::Utc>>> =
-        which.iter().map(|&i| jobs[i].run_at).collect();
+        which.iter().map(|&i| jobs[i].future_run_at()).collect();
     let delay: Vec<Option<f64>> = which
         .iter()
         .map(|&i| jobs[i].delay.map(|d| d.as_secs_f64()))

@@ -48,8 +48,7 @@ fn coalescer(pool: PgPool) -> Coalescer {
                     .flat_map(|r| std::iter::repeat_n(r.tenant, r.jobs.len()))
                     .collect();
                 let jobs: Vec<NewJob> = requests.into_iter().flat_map(|r| r.jobs).collect();
-                let mut conn = pool.acquire().await?;
-                let mut inserted = insert::insert_for_tenants(&mut conn, &tenants, &jobs).await?;
+                let mut inserted = insert::insert_atomically(&pool, &tenants, &jobs).await?;
                 let mut answers = Vec::with_capacity(lens.len());
                 for n in lens {
                     let rest = inserted.split_off(n);
@@ -194,8 +193,7 @@ impl Store for PgStore {
         let inserted = if jobs.len() <= MAX_COALESCED_JOBS {
             self.inner.coalescer.insert(tenant, jobs.to_vec()).await?
         } else {
-            let mut conn = self.inner.pool.acquire().await?;
-            insert::insert_many(&mut conn, tenant, jobs).await?
+            insert::insert_atomically(&self.inner.pool, &vec![tenant; jobs.len()], jobs).await?
         };
         self.wake_queues(
             inserted
@@ -211,7 +209,8 @@ impl Store for PgStore {
     }
 
     async fn job_list(&self, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
-        let limit = p.limit.clamp(1, 500);
+        let p = &p.validated()?;
+        let limit = p.limit;
         let mut q = QueryBuilder::new(format!(
             "select {JOB_COLUMNS} from forklift_jobs where tenant_id = "
         ));
@@ -291,6 +290,7 @@ impl Store for PgStore {
         let row: std::result::Result<Option<JobRow>, sqlx::Error> = sqlx::query_as(&format!(
             "update forklift_jobs set
                 status = 'QUEUED', attempt = 0, progress = 0, run_at = now(), cancel_requested = false,
+                result = null, result_url = null,
                 started_at = null, completed_at = null, updated_at = now()
              where id = $1 and tenant_id = $2 and status in ('FAILED', 'PARTIAL_SUCCESS', 'CANCELLED')
              returning {JOB_COLUMNS}"
@@ -332,7 +332,8 @@ impl Store for PgStore {
     }
 
     async fn job_complete_many(&self, completions: &[Completion]) -> Result<Vec<JobId>> {
-        let (accepted, requeued) = work::complete(&self.inner.pool, completions).await?;
+        let completions = crate::store::storable(completions);
+        let (accepted, requeued) = work::complete(&self.inner.pool, &completions).await?;
         self.wake_queues(requeued.iter().map(String::as_str));
         Ok(accepted)
     }

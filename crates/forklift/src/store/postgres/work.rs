@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::row::{JOB_COLUMNS, JobRow};
 use crate::error::Result;
 use crate::job::{JobId, JobStatus};
+use crate::new_job::MAX_DELAY;
 use crate::store::{
     Completion, FetchParams, Lease, LeaseStatus, LeasedJob, ProgressUpdate, RescueParams, Rescued,
 };
@@ -127,13 +128,14 @@ pub async fn complete(pool: &PgPool, cs: &[Completion]) -> Result<(Vec<JobId>, V
     let give_back: Vec<i32> = cs.iter().map(|c| i32::from(c.give_attempt_back)).collect();
     let progress: Vec<Option<i16>> = cs.iter().map(|c| c.progress).collect();
     // The guard `lease_token = t.token and status = 'RUNNING'` is the compare-and-set that
-    // makes a completion from a worker that lost its lease a no-op. A retry of a job whose
-    // cancel was asked meanwhile ends it instead: the cancel wins over the retry. The SET
-    // reads `j.cancel_requested` from the row it locks, so a cancel committed a moment
-    // before is seen.
+    // makes a completion from a worker that lost its lease a no-op. A retry or a failure of
+    // a job whose cancel was asked ends it `CANCELLED` instead: the cancel wins, even when
+    // the worker never heard of it (asked between the fetch and the start). The SET reads
+    // `j.cancel_requested` from the row it locks, so a cancel committed a moment before is
+    // seen.
     let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
         "update forklift_jobs j set
-            status = (case when t.status = 'QUEUED' and j.cancel_requested then 'CANCELLED' else t.status end),
+            status = (case when t.status in ('QUEUED', 'FAILED') and j.cancel_requested then 'CANCELLED' else t.status end),
             progress = case when t.status = 'SUCCESS' then 100 else coalesce(t.progress, j.progress) end,
             result = coalesce(t.result, j.result),
             result_url = coalesce(t.result_url, j.result_url),
@@ -171,26 +173,37 @@ pub async fn complete(pool: &PgPool, cs: &[Completion]) -> Result<(Vec<JobId>, V
     ))
 }
 
-/// Returns how many were released and their queues.
+/// Returns how many were released, and the queues of those that went back to `QUEUED`.
 pub async fn release(pool: &PgPool, leases: &[Lease]) -> Result<(u64, Vec<String>)> {
     if leases.is_empty() {
         return Ok((0, Vec::new()));
     }
     let (ids, tokens) = split(leases);
     // The attempt was not the job's fault: give it back, and keep the job's place in line.
-    let queues: Vec<String> = sqlx::query_scalar(
+    // A job whose cancel was asked is not put back: it ends `CANCELLED`, as the rescuer
+    // would end it (the worker may not have heard of the cancel before it stopped).
+    let rows: Vec<(String, String)> = sqlx::query_as(
         "update forklift_jobs j set
-            status = 'QUEUED', attempt = greatest(j.attempt - 1, 0), started_at = null,
+            status = case when j.cancel_requested then 'CANCELLED' else 'QUEUED' end,
+            attempt = case when j.cancel_requested then j.attempt else greatest(j.attempt - 1, 0) end,
+            started_at = case when j.cancel_requested then j.started_at end,
+            completed_at = case when j.cancel_requested then now() end,
             lease_owner = null, lease_token = null, lease_expires_at = null, updated_at = now()
          from unnest($1::uuid[], $2::uuid[]) as t(id, token)
          where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'
-         returning j.queue",
+         returning j.queue, j.status",
     )
     .bind(&ids)
     .bind(&tokens)
     .fetch_all(pool)
     .await?;
-    Ok((queues.len() as u64, queues))
+    let released = rows.len() as u64;
+    let requeued = rows
+        .into_iter()
+        .filter(|(_, status)| status == "QUEUED")
+        .map(|(queue, _)| queue)
+        .collect();
+    Ok((released, requeued))
 }
 
 pub async fn rescue(pool: &PgPool, p: &RescueParams) -> Result<Vec<Rescued>> {
@@ -229,8 +242,8 @@ pub async fn rescue(pool: &PgPool, p: &RescueParams) -> Result<Vec<Rescued>> {
          returning j.id, j.status, j.queue",
     )
     .bind(p.limit)
-    .bind(p.backoff.base.as_secs_f64())
-    .bind(p.backoff.cap.as_secs_f64())
+    .bind(p.backoff.base.min(MAX_DELAY).as_secs_f64())
+    .bind(p.backoff.cap.min(MAX_DELAY).as_secs_f64())
     .bind(p.backoff.jitter.clamp(0.0, 1.0))
     .fetch_all(pool)
     .await?;

@@ -87,9 +87,9 @@ pub async fn insert_many(
         .collect()
 }
 
-/// When the job may run: its `run_at`, or now plus its delay, or now.
+/// When the job may run: its `run_at` if still ahead, or now plus its delay, or now.
 fn run_at_micros(job: &NewJob, now: i64) -> i64 {
-    match (job.run_at, job.delay) {
+    match (job.future_run_at(), job.delay) {
         (Some(at), _) => at.timestamp_micros(),
         (None, Some(delay)) => now.saturating_add(duration_micros(delay)),
         (None, None) => now,

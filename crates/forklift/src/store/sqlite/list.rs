@@ -10,7 +10,7 @@ use crate::store::{Cursor, JobPage, ListParams};
 /// One page; the filters mirror PostgreSQL's, with `json_each` where it has arrays and `?`.
 /// The order and the cursor use the `(tenant_id, created_at desc, id desc)` index.
 pub async fn list(pool: &SqlitePool, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
-    let limit = p.limit.clamp(1, 500);
+    let limit = p.limit;
     let mut q = QueryBuilder::new(format!(
         "select {JOB_COLUMNS} from forklift_jobs where tenant_id = "
     ));

@@ -287,7 +287,7 @@ impl Store for SqliteStore {
     }
 
     async fn job_list(&self, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
-        list::list(&self.inner.reader, tenant, p).await
+        list::list(&self.inner.reader, tenant, &p.validated()?).await
     }
 
     async fn job_cancel(&self, tenant: TenantId, id: JobId) -> Result<Job> {
@@ -328,6 +328,7 @@ impl Store for SqliteStore {
         let row: std::result::Result<Option<JobRow>, sqlx::Error> = sqlx::query_as(&format!(
             "update forklift_jobs set
                 status = 'QUEUED', attempt = 0, progress = 0, run_at = ?3, cancel_requested = 0,
+                result = null, result_url = null,
                 started_at = null, completed_at = null, updated_at = ?3
              where id = ?1 and tenant_id = ?2 and status in ('FAILED', 'PARTIAL_SUCCESS', 'CANCELLED')
              returning {JOB_COLUMNS}"
@@ -391,7 +392,8 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.write().await?;
-        let (accepted, requeued) = work::complete(&mut tx, completions).await?;
+        let completions = crate::store::storable(completions);
+        let (accepted, requeued) = work::complete(&mut tx, &completions).await?;
         tx.commit().await?;
         self.wake_queues(requeued.iter().map(String::as_str));
         Ok(accepted)
@@ -402,10 +404,10 @@ impl Store for SqliteStore {
             return Ok(0);
         }
         let mut tx = self.write().await?;
-        let queues = work::release(&mut tx, leases).await?;
+        let (released, queues) = work::release(&mut tx, leases).await?;
         tx.commit().await?;
         self.wake_queues(queues.iter().map(String::as_str));
-        Ok(queues.len() as u64)
+        Ok(released)
     }
 
     async fn job_rescue_lapsed(&self, p: &RescueParams) -> Result<Vec<Rescued>> {

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use super::row::{JOB_COLUMNS, JobRow, duration_micros, hex, now_micros};
 use crate::error::Result;
 use crate::job::{JobId, JobStatus};
+use crate::new_job::MAX_DELAY;
 use crate::store::{
     Completion, FetchParams, Lease, LeaseStatus, LeasedJob, ProgressUpdate, RescueParams, Rescued,
 };
@@ -147,12 +148,13 @@ pub async fn complete(
         })
         .collect();
     // The guard `lease_token = t.token and status = 'RUNNING'` is the compare-and-set that
-    // makes a completion from a worker that lost its lease a no-op. A retry of a job whose
-    // cancel was asked meanwhile ends it instead: the cancel wins over the retry. New errors
-    // are appended in order (part, then position) to the job's array.
+    // makes a completion from a worker that lost its lease a no-op. A retry or a failure of
+    // a job whose cancel was asked ends it `CANCELLED` instead: the cancel wins, even when
+    // the worker never heard of it (asked from another process, or between the fetch and
+    // the start). New errors are appended in order (part, then position) to the job's array.
     let done: Vec<(Uuid, String, String)> = sqlx::query_as(
         "update forklift_jobs as j set
-            status = case when t.new_status = 'QUEUED' and j.cancel_requested then 'CANCELLED' else t.new_status end,
+            status = case when t.new_status in ('QUEUED', 'FAILED') and j.cancel_requested then 'CANCELLED' else t.new_status end,
             progress = case when t.new_status = 'SUCCESS' then 100 else coalesce(t.new_progress, j.progress) end,
             result = coalesce(t.new_result, j.result),
             result_url = coalesce(t.new_result_url, j.result_url),
@@ -190,22 +192,33 @@ pub async fn complete(
     ))
 }
 
-/// Returns the queues of the released jobs.
-pub async fn release(conn: &mut SqliteConnection, leases: &[Lease]) -> Result<Vec<String>> {
+/// Returns how many were released, and the queues of those that went back to `QUEUED`.
+pub async fn release(conn: &mut SqliteConnection, leases: &[Lease]) -> Result<(u64, Vec<String>)> {
     // The attempt was not the job's fault: give it back, and keep the job's place in line.
-    let queues: Vec<String> = sqlx::query_scalar(&format!(
+    // A job whose cancel was asked is not put back: it ends `CANCELLED`, as the rescuer
+    // would end it (the worker may not have heard of the cancel before it stopped).
+    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
         "update forklift_jobs as j set
-            status = 'QUEUED', attempt = max(j.attempt - 1, 0), started_at = null,
+            status = case when j.cancel_requested then 'CANCELLED' else 'QUEUED' end,
+            attempt = case when j.cancel_requested then j.attempt else max(j.attempt - 1, 0) end,
+            started_at = case when j.cancel_requested then j.started_at end,
+            completed_at = case when j.cancel_requested then ?1 end,
             lease_owner = null, lease_token = null, lease_expires_at = null, updated_at = ?1
          from {LEASE_ROWS}
          where j.id = t.job and j.lease_token = t.token and j.status = 'RUNNING'
-         returning queue"
+         returning queue, status"
     ))
     .bind(now_micros())
     .bind(leases_json(leases))
     .fetch_all(&mut *conn)
     .await?;
-    Ok(queues)
+    let released = rows.len() as u64;
+    let requeued = rows
+        .into_iter()
+        .filter(|(_, status)| status == "QUEUED")
+        .map(|(queue, _)| queue)
+        .collect();
+    Ok((released, requeued))
 }
 
 pub async fn rescue(conn: &mut SqliteConnection, p: &RescueParams) -> Result<Vec<Rescued>> {
@@ -240,8 +253,8 @@ pub async fn rescue(conn: &mut SqliteConnection, p: &RescueParams) -> Result<Vec
     )
     .bind(now.timestamp_micros())
     .bind(now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-    .bind(duration_micros(p.backoff.base))
-    .bind(duration_micros(p.backoff.cap))
+    .bind(duration_micros(p.backoff.base.min(MAX_DELAY)))
+    .bind(duration_micros(p.backoff.cap.min(MAX_DELAY)))
     .bind(p.backoff.jitter.clamp(0.0, 1.0))
     .bind(p.limit)
     .fetch_all(&mut *conn)
