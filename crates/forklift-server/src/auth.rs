@@ -42,12 +42,41 @@ pub async fn issue_key(store: &dyn Store, tenant: TenantId) -> forklift::Result<
     Ok(key)
 }
 
-/// Finds the tenant of a key. Hits are cached for `ttl` (default 10 s), so a revoked key
-/// stops working within that time; misses are not cached.
+/// Whether `key` has the shape [`new_key`] gives (`fk_`, 8 hex, `_`, 32 hex): anything
+/// else cannot be a key, and is refused without a database look-up.
+pub fn is_well_formed(key: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match key
+        .strip_prefix("fk_")
+        .and_then(|rest| rest.split_once('_'))
+    {
+        Some((prefix, secret)) => hex(prefix, 8) && hex(secret, 32),
+        None => false,
+    }
+}
+
+/// The most entries each of the hit and miss caches holds before it starts over.
+const CACHE_ENTRIES: usize = 10_000;
+
+/// Database look-ups of keys at once; more callers wait. Requests with keys nobody has
+/// seen (a flood of made-up keys) use at most this many of the API's connections.
+const CONCURRENT_LOOKUPS: usize = 4;
+
+/// Finds the tenant of a key. Answers are cached for `ttl` (default 10 s), misses as well
+/// as hits, so a revoked key stops working within that time, and a flood of requests with
+/// one unknown key costs one look-up per `ttl`. Malformed keys are refused without a
+/// look-up, and at most [`CONCURRENT_LOOKUPS`] run at once.
 pub struct KeyCache {
     store: Arc<dyn Store>,
     ttl: Duration,
-    hits: Mutex<HashMap<String, (TenantId, Instant)>>,
+    answers: Mutex<Answers>,
+    lookups: tokio::sync::Semaphore,
+}
+
+#[derive(Default)]
+struct Answers {
+    hits: HashMap<String, (TenantId, Instant)>,
+    misses: HashMap<String, Instant>,
 }
 
 impl KeyCache {
@@ -55,26 +84,59 @@ impl KeyCache {
         KeyCache {
             store,
             ttl,
-            hits: Mutex::default(),
+            answers: Mutex::default(),
+            lookups: tokio::sync::Semaphore::new(CONCURRENT_LOOKUPS),
         }
     }
 
     pub async fn tenant_of(&self, key: &str) -> Result<Option<TenantId>, ApiError> {
+        if !is_well_formed(key) {
+            return Ok(None);
+        }
         let hash = hash_key(key);
-        if let Some((tenant, at)) = self.hits.lock().unwrap().get(&hash).copied()
-            && at.elapsed() < self.ttl
-        {
-            return Ok(Some(tenant));
+        if let Some(known) = self.cached(&hash) {
+            return Ok(known);
+        }
+        let _turn = self
+            .lookups
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        // Another caller may have looked the same key up while this one waited.
+        if let Some(known) = self.cached(&hash) {
+            return Ok(known);
         }
         let tenant = self.store.api_key_tenant(&hash).await?;
-        let mut hits = self.hits.lock().unwrap();
-        if hits.len() > 10_000 {
-            hits.clear(); // bounded memory; the next requests refill it
-        }
-        if let Some(t) = tenant {
-            hits.insert(hash, (t, Instant::now()));
+        let mut answers = self.answers.lock().unwrap();
+        match tenant {
+            Some(t) => {
+                if answers.hits.len() >= CACHE_ENTRIES {
+                    answers.hits.clear(); // bounded memory; the next requests refill it
+                }
+                answers.hits.insert(hash, (t, Instant::now()));
+            }
+            None => {
+                if answers.misses.len() >= CACHE_ENTRIES {
+                    answers.misses.clear();
+                }
+                answers.misses.insert(hash, Instant::now());
+            }
         }
         Ok(tenant)
+    }
+
+    /// The cached answer for a key's hash, if still fresh: `Some(None)` is a cached miss.
+    fn cached(&self, hash: &str) -> Option<Option<TenantId>> {
+        let answers = self.answers.lock().unwrap();
+        if let Some((tenant, at)) = answers.hits.get(hash)
+            && at.elapsed() < self.ttl
+        {
+            return Some(Some(*tenant));
+        }
+        match answers.misses.get(hash) {
+            Some(at) if at.elapsed() < self.ttl => Some(None),
+            _ => None,
+        }
     }
 }
 
@@ -125,6 +187,22 @@ mod tests {
         assert_eq!(a.key.len(), 3 + 8 + 1 + 32);
         assert_eq!(hash_key(&a.key), a.hash);
         assert_ne!(a.hash, b.hash);
+    }
+
+    #[test]
+    fn only_keys_of_the_issued_shape_are_well_formed() {
+        assert!(is_well_formed(&new_key().key));
+        for bad in [
+            "",
+            "fk_",
+            "fk_0123abcd",
+            "fk_0123abcd_",
+            "fk_0123abcg_0123456789abcdef0123456789abcdef",
+            "fk_0123abcd_0123456789abcdef0123456789abcde",
+            "xx_0123abcd_0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(!is_well_formed(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -90,6 +90,10 @@ pub struct ServeArgs {
     /// The largest request body, in bytes.
     #[arg(long, env = "FORKLIFT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// The bearer token that opens /metrics (tenants' API keys do not). Without it,
+    /// /metrics is served only under --dev.
+    #[arg(long, env = "FORKLIFT_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Serve the API only: run no workers in this process.
     #[arg(long, env = "FORKLIFT_NO_WORKERS")]
     pub no_workers: bool,

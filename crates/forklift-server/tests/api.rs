@@ -555,7 +555,15 @@ async fn dev_mode_serves_requests_without_a_key_as_the_default_tenant(b: Backend
 }
 
 async fn health_ready_and_metrics_answer(b: Backend) {
-    let api = TestApi::start(b).await;
+    let api = TestApi::with_config(
+        b,
+        ApiConfig {
+            rate_limit_per_second: 0,
+            metrics_token: Some("scrape-secret".into()),
+            ..ApiConfig::default()
+        },
+    )
+    .await;
     assert_eq!(
         api.call(Method::GET, "/health", None, None).await.0,
         StatusCode::OK
@@ -564,7 +572,23 @@ async fn health_ready_and_metrics_answer(b: Backend) {
         api.call(Method::GET, "/ready", None, None).await.1["status"],
         "ready"
     );
-    let (status, _) = api.call(Method::GET, "/metrics", None, None).await;
+    let (status, body) = api.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    let tenant_key = api.key_a.clone();
+    let (status, _) = api
+        .call(Method::GET, "/metrics", Some(&tenant_key), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a tenant's key does not open it"
+    );
+    let (status, _) = api
+        .call(Method::GET, "/metrics", Some("scrape-secret"), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
 }
 

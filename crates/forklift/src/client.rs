@@ -136,7 +136,8 @@ fn count_enqueued(inserted: &[Inserted]) {
             .or_default() += 1;
     }
     for ((job_type, queue), n) in counts {
-        metrics::counter!("forklift_jobs_enqueued_total", "type" => job_type.to_string(), "queue" => queue.to_string())
+        let (job_type, queue) = crate::metric_labels::job_labels(job_type, queue);
+        metrics::counter!("forklift_jobs_enqueued_total", "type" => job_type, "queue" => queue)
             .increment(n);
     }
 }

@@ -29,6 +29,7 @@ mod client;
 mod error;
 mod job;
 pub mod maintenance;
+pub mod metric_labels;
 mod new_job;
 pub mod retry;
 pub mod runtime;

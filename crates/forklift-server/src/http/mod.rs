@@ -36,6 +36,9 @@ pub struct ApiConfig {
     pub rate_limit_burst: u32,
     /// How long a looked-up API key is trusted before it is checked again. Default 10 s.
     pub key_cache_ttl: Duration,
+    /// The bearer token that opens `/metrics` (tenants' keys do not). Default none:
+    /// `/metrics` is then served only under `dev`.
+    pub metrics_token: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -46,6 +49,7 @@ impl Default for ApiConfig {
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             key_cache_ttl: Duration::from_secs(10),
+            metrics_token: None,
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct AppState {
     pub limiter: Arc<Limiter>,
     /// Renders `/metrics`; `None` when the embedding app installed its own recorder.
     pub metrics: Option<PrometheusHandle>,
+    pub scrapes: Arc<ops::Scrapes>,
 }
 
 impl AppState {
@@ -72,6 +77,7 @@ impl AppState {
             config: Arc::new(config),
             client,
             metrics,
+            scrapes: Arc::default(),
         }
     }
 }
@@ -89,6 +95,15 @@ struct BearerAuth;
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "metrics_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("metrics token")
+                    .build(),
+            ),
+        );
         components.add_security_scheme(
             "api_key",
             SecurityScheme::Http(

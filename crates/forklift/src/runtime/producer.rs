@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use super::executor::{After, decide, run_attempt};
 use super::running::Running;
+use crate::metric_labels::job_labels;
 use crate::store::{Completion, FetchParams, Lease, LeasedJob, Store};
 use crate::worker::{JobContext, Registered};
 
@@ -201,7 +202,8 @@ fn start_all(
                 .unwrap_or(0)
                 .max(0) as f64
                 / 1e6;
-            metrics::histogram!("forklift_job_wait_seconds", "type" => leased.job.job_type.clone(), "queue" => queue.name.clone())
+            let (type_label, queue_label) = job_labels(&leased.job.job_type, &queue.name);
+            metrics::histogram!("forklift_job_wait_seconds", "type" => type_label, "queue" => queue_label)
                 .record(wait);
         }
         let timeout = leased
@@ -247,9 +249,10 @@ fn finish(
     match after {
         After::Complete(c) => {
             shared.running.remove(ctx.job_id());
+            let (job_type, queue) = job_labels(&job.job_type, &job.queue);
             let labels = [
-                ("type", job.job_type.clone()),
-                ("queue", job.queue.clone()),
+                ("type", job_type.clone()),
+                ("queue", queue.clone()),
                 ("status", c.status.as_str().to_string()),
             ];
             metrics::counter!("forklift_jobs_finished_total", &labels).increment(1);
@@ -259,7 +262,7 @@ fn finish(
                     .unwrap_or(0)
                     .max(0) as f64
                     / 1e6;
-                metrics::histogram!("forklift_job_run_seconds", "type" => job.job_type.clone(), "queue" => job.queue.clone())
+                metrics::histogram!("forklift_job_run_seconds", "type" => job_type, "queue" => queue)
                     .record(run);
             }
             let _ = shared.completions.send(c);

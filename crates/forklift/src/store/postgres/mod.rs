@@ -35,6 +35,14 @@ use crate::store::{
 
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
 
+/// A pool of up to `max` connections made as `pool`'s are, opened only when used.
+fn side_pool(pool: &PgPool, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_lazy_with((*pool.connect_options()).clone())
+}
+
 /// Up to four shared inserts in flight; more callers wait and share them.
 fn coalescer(pool: PgPool) -> Coalescer {
     Coalescer::start(
@@ -65,15 +73,35 @@ fn coalescer(pool: PgPool) -> Coalescer {
 /// before it fails; long enough for a busy pool to hand a connection over.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Connections the store keeps for workers, beside the caller's pool (see [`PgStore`]).
+pub const WORK_CONNECTIONS: u32 = 10;
+
+/// Connections the store keeps for lease renewals and progress, beside the others.
+pub const LEASE_CONNECTIONS: u32 = 2;
+
 /// The PostgreSQL store. Cheap to clone; clones share the pool and the background tasks,
 /// which stop when the last clone is dropped.
+///
+/// **Connections.** Besides the pool it is given (or makes), used for enqueues, reads and
+/// the API, the store opens on demand up to [`WORK_CONNECTIONS`] for workers (fetch,
+/// complete, release, maintenance, wake-ups) and [`LEASE_CONNECTIONS`] for lease renewals,
+/// with the same connect options. So API traffic, however heavy, cannot make a worker's
+/// renewal wait for a connection and lose its lease. Count them when sizing
+/// `max_connections` on the server (or a pooler).
 #[derive(Clone)]
 pub struct PgStore {
     inner: Arc<Inner>,
 }
 
 struct Inner {
+    /// The caller's pool: enqueues, reads and the API.
     pool: PgPool,
+    /// Workers' fetches, completions and releases, maintenance, and wake-ups: apart from
+    /// `pool`, so that however many API requests wait for a connection, work goes on.
+    work: PgPool,
+    /// Lease renewals and progress alone: a renewal that waits too long loses the lease
+    /// and makes the job run twice, so it never queues behind anything else.
+    leases: PgPool,
     events: broadcast::Sender<Event>,
     notifier: Arc<Notifier>,
     coalescer: Coalescer,
@@ -110,13 +138,17 @@ impl PgStore {
     /// Must be called inside a Tokio runtime.
     pub fn from_pool(pool: PgPool) -> Self {
         let stop = CancellationToken::new();
+        let work = side_pool(&pool, WORK_CONNECTIONS);
+        let leases = side_pool(&pool, LEASE_CONNECTIONS);
         let notifier = Notifier::new();
-        tokio::spawn(notifier.clone().run(pool.clone(), stop.clone()));
+        tokio::spawn(notifier.clone().run(work.clone(), stop.clone()));
         let (events, _) = broadcast::channel(4096);
         let coalescer = coalescer(pool.clone());
         PgStore {
             inner: Arc::new(Inner {
                 pool,
+                work,
+                leases,
                 events,
                 notifier,
                 coalescer,
@@ -316,7 +348,7 @@ impl Store for PgStore {
     }
 
     async fn job_fetch_available(&self, p: &FetchParams) -> Result<Vec<LeasedJob>> {
-        work::fetch(&self.inner.pool, p).await
+        work::fetch(&self.inner.work, p).await
     }
 
     async fn job_heartbeat_many(
@@ -324,28 +356,28 @@ impl Store for PgStore {
         leases: &[Lease],
         ttl: Duration,
     ) -> Result<Vec<LeaseStatus>> {
-        work::heartbeat(&self.inner.pool, leases, ttl).await
+        work::heartbeat(&self.inner.leases, leases, ttl).await
     }
 
     async fn job_progress_many(&self, updates: &[ProgressUpdate]) -> Result<()> {
-        work::progress(&self.inner.pool, updates).await
+        work::progress(&self.inner.leases, updates).await
     }
 
     async fn job_complete_many(&self, completions: &[Completion]) -> Result<Vec<JobId>> {
         let completions = crate::store::storable(completions);
-        let (accepted, requeued) = work::complete(&self.inner.pool, &completions).await?;
+        let (accepted, requeued) = work::complete(&self.inner.work, &completions).await?;
         self.wake_queues(requeued.iter().map(String::as_str));
         Ok(accepted)
     }
 
     async fn job_release_many(&self, leases: &[Lease]) -> Result<u64> {
-        let (n, queues) = work::release(&self.inner.pool, leases).await?;
+        let (n, queues) = work::release(&self.inner.work, leases).await?;
         self.wake_queues(queues.iter().map(String::as_str));
         Ok(n)
     }
 
     async fn job_rescue_lapsed(&self, p: &RescueParams) -> Result<Vec<Rescued>> {
-        let rescued = work::rescue(&self.inner.pool, p).await?;
+        let rescued = work::rescue(&self.inner.work, p).await?;
         self.wake_queues(
             rescued
                 .iter()
@@ -365,7 +397,7 @@ impl Store for PgStore {
         )
         .bind(older_than.as_secs_f64())
         .bind(limit)
-        .execute(&self.inner.pool)
+        .execute(&self.inner.work)
         .await?;
         Ok(done.rows_affected())
     }
@@ -408,7 +440,7 @@ impl Store for PgStore {
         .bind(name)
         .bind(leader_id)
         .bind(ttl.as_secs_f64())
-        .fetch_optional(&self.inner.pool)
+        .fetch_optional(&self.inner.work)
         .await?;
         Ok(won.is_some())
     }
@@ -417,7 +449,7 @@ impl Store for PgStore {
         sqlx::query("delete from forklift_leaders where name = $1 and leader_id = $2")
             .bind(name)
             .bind(leader_id)
-            .execute(&self.inner.pool)
+            .execute(&self.inner.work)
             .await?;
         Ok(())
     }
@@ -426,7 +458,7 @@ impl Store for PgStore {
         let rx = self.inner.events.subscribe();
         self.inner.listener_started.get_or_init(|| {
             tokio::spawn(events::listen(
-                self.inner.pool.clone(),
+                self.inner.work.clone(),
                 self.inner.events.clone(),
                 self.inner.stop.clone(),
                 Duration::from_secs(30),
