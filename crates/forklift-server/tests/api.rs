@@ -28,6 +28,7 @@ on_both_stores!(
     dev_mode_serves_requests_without_a_key_as_the_default_tenant,
     health_ready_and_metrics_answer,
     unknown_routes_and_methods_answer_in_the_error_shape,
+    values_a_store_cannot_keep_get_400_on_both_stores,
 );
 
 async fn enqueue_answers_202_with_the_job_and_get_returns_every_field(b: Backend) {
@@ -655,5 +656,67 @@ async fn unknown_routes_and_methods_answer_in_the_error_shape(b: Backend) {
     assert_eq!(
         (status, error_code(&err)),
         (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+/// Values PostgreSQL cannot keep once answered 503 (and clients retried forever), while
+/// SQLite took them: now both stores refuse them alike, with a 400 naming the field.
+async fn values_a_store_cannot_keep_get_400_on_both_stores(b: Backend) {
+    let api = TestApi::start(b).await;
+    let key = api.key_a.clone();
+    let bodies = [
+        (json!({"type": "t", "payload": {"k": "a\u{0}b"}}), "payload"),
+        (json!({"type": "t", "payload": {"k\u{0}": 1}}), "payload"),
+        (json!({"type": "t", "tags": ["a\u{0}"]}), "tags"),
+        (json!({"type": "t", "unique_key": "u\u{0}"}), "unique_key"),
+        (
+            json!({"type": "t", "run_at": "9999-01-01T00:00:00Z"}),
+            "run_at",
+        ),
+    ];
+    for (body, field) in bodies {
+        let (status, answer) = api
+            .call(Method::POST, "/jobs", Some(&key), Some(body))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(field),
+            "{answer}"
+        );
+    }
+    let (status, answer) = api
+        .call(
+            Method::POST,
+            "/jobs",
+            Some(&key),
+            Some(json!({"type": "t", "run_at": "0001-01-01T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "a past run_at is now: {answer}"
+    );
+    for query in [
+        "tag=a%00b",
+        "type=%00",
+        "created_before=-262143-01-01T00:00:00Z",
+        "created_after=%2B262142-12-31T00:00:00Z",
+        "cursor=-8000000000000000000_0190f1d2c3b4a5968778695a4b3c2d1e",
+        "cursor=-1_0190f1d2c3b4a5968778695a4b3c2d1e",
+    ] {
+        let (status, answer) = api
+            .call(Method::GET, &format!("/jobs?{query}"), Some(&key), None)
+            .await;
+        assert!(
+            status == StatusCode::OK || status == StatusCode::BAD_REQUEST,
+            "{query}: {status} {answer}"
+        );
+    }
+    let (_, list) = api.call(Method::GET, "/jobs", Some(&key), None).await;
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        1,
+        "only the valid job"
     );
 }

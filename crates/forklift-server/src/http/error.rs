@@ -60,6 +60,15 @@ impl From<forklift::Error> for ApiError {
             forklift::Error::Conflict { message, .. } => {
                 ApiError::new(StatusCode::CONFLICT, "invalid_status", message)
             }
+            // A value the database refused (validation should have caught it first): the
+            // request's fault, and sending it again would fail again, so not a 503.
+            e if e.is_refused_value() => {
+                tracing::warn!(error = %e, "the database refused a value of the request");
+                ApiError::bad_request(
+                    "invalid_value",
+                    "the database cannot store a value of this request",
+                )
+            }
             forklift::Error::Database(e) => {
                 tracing::error!(error = %e, "database error");
                 ApiError::new(
