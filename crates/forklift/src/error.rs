@@ -43,8 +43,9 @@ impl Error {
     }
 
     /// The database refused a value it was given: PostgreSQL's data exceptions (SQLSTATE
-    /// class 22: a character or a time it cannot store, a number out of range) and
-    /// program limits (class 54), SQLite's too-big, constraint, mismatch and range errors.
+    /// class 22: a character or a time it cannot store, a number out of range), check
+    /// violations (23514) and program limits (class 54); SQLite's too-big, constraint,
+    /// mismatch and range errors.
     /// Sending the same value again fails again, so it is the caller's error (a 400), not
     /// the database's.
     pub fn is_refused_value(&self) -> bool {
@@ -59,7 +60,7 @@ impl Error {
             let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0);
             return matches!(primary, 18 | 19 | 20 | 25);
         }
-        code.starts_with("22") || code.starts_with("54")
+        code.starts_with("22") || code == "23514" || code.starts_with("54")
     }
 
     pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {

@@ -378,19 +378,20 @@ impl Completion {
             }],
             retry_in: Duration::ZERO,
             give_attempt_back: false,
-            progress: self.progress,
+            progress: None,
         }
     }
 }
 
 /// Makes completions storable on both stores, before either writes them: a NUL character
 /// (which PostgreSQL's `text` and `jsonb` refuse) in a result, result URL or error becomes
-/// U+FFFD, and a retry delay is cut to [`MAX_DELAY`](crate::new_job::MAX_DELAY), so that
-/// no computed time leaves a column's range. Borrowed as they are when nothing needs it.
+/// U+FFFD, a retry delay is cut to [`MAX_DELAY`](crate::new_job::MAX_DELAY), so that no
+/// computed time leaves a column's range, and progress is brought into 0–100. Borrowed as they are when nothing needs it.
 pub(crate) fn storable(cs: &[Completion]) -> std::borrow::Cow<'_, [Completion]> {
     use crate::new_job::MAX_DELAY;
     let needs = |c: &Completion| {
         c.retry_in > MAX_DELAY
+            || c.progress.is_some_and(|p| !(0..=100).contains(&p))
             || c.result.as_ref().is_some_and(has_nul)
             || c.result_url.as_deref().is_some_and(|u| u.contains('\0'))
             || c.errors
@@ -404,6 +405,7 @@ pub(crate) fn storable(cs: &[Completion]) -> std::borrow::Cow<'_, [Completion]> 
         .iter()
         .map(|c| Completion {
             retry_in: c.retry_in.min(MAX_DELAY),
+            progress: c.progress.map(|p| p.clamp(0, 100)),
             result: c.result.as_ref().map(scrub_json),
             result_url: c.result_url.as_deref().map(|u| scrub_text(u).into_owned()),
             errors: c
@@ -431,7 +433,15 @@ fn scrub_text(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn has_nul(v: &serde_json::Value) -> bool {
-    crate::new_job::check_json("", v).is_err()
+    use serde_json::Value;
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, item)| k.contains('\0') || has_nul(item)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
 }
 
 fn scrub_json(v: &serde_json::Value) -> serde_json::Value {
