@@ -62,6 +62,9 @@ const CACHE_ENTRIES: usize = 10_000;
 /// seen (a flood of made-up keys) use at most this many of the API's connections.
 const CONCURRENT_LOOKUPS: usize = 4;
 
+/// How long a request waits for its turn to look a key up before it is answered 503.
+const LOOKUP_WAIT: Duration = Duration::from_secs(2);
+
 /// Finds the tenant of a key. Answers are cached for `ttl` (default 10 s), misses as well
 /// as hits, so a revoked key stops working within that time, and a flood of requests with
 /// one unknown key costs one look-up per `ttl`. Malformed keys are refused without a
@@ -97,11 +100,24 @@ impl KeyCache {
         if let Some(known) = self.cached(&hash) {
             return Ok(known);
         }
-        let _turn = self
-            .lookups
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let _turn = match tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await {
+            Ok(turn) => turn.expect("the semaphore is never closed"),
+            Err(_) => {
+                // Look-ups are backed up (a flood of made-up keys): a key that was valid a
+                // moment ago goes on with that answer; anyone else is asked to retry.
+                if let Some(tenant) = self.last_hit(&hash) {
+                    return Ok(Some(tenant));
+                }
+                return Err(ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "too many API keys are being checked; try again",
+                    )
+                });
+            }
+        };
         // Another caller may have looked the same key up while this one waited.
         if let Some(known) = self.cached(&hash) {
             return Ok(known);
@@ -123,6 +139,11 @@ impl KeyCache {
             }
         }
         Ok(tenant)
+    }
+
+    /// The last tenant found for a key's hash, however old.
+    fn last_hit(&self, hash: &str) -> Option<TenantId> {
+        self.answers.lock().unwrap().hits.get(hash).map(|(t, _)| *t)
     }
 
     /// The cached answer for a key's hash, if still fresh: `Some(None)` is a cached miss.

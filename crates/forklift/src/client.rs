@@ -136,7 +136,7 @@ fn count_enqueued(inserted: &[Inserted]) {
             .or_default() += 1;
     }
     for ((job_type, queue), n) in counts {
-        let (job_type, queue) = crate::metric_labels::job_labels(job_type, queue);
+        let (job_type, queue) = crate::metric_labels::enqueue_labels(job_type, queue);
         metrics::counter!("forklift_jobs_enqueued_total", "type" => job_type, "queue" => queue)
             .increment(n);
     }

@@ -36,7 +36,6 @@ impl Error {
                     | sqlx::Error::PoolClosed
                     | sqlx::Error::Io(_)
                     | sqlx::Error::Tls(_)
-                    | sqlx::Error::Protocol(_)
                     | sqlx::Error::WorkerCrashed
             )
         )
@@ -56,9 +55,10 @@ impl Error {
             return false;
         };
         if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-            // Extended result codes: the primary code is the low byte.
+            // Extended result codes: the primary code is the low byte. TOOBIG, CONSTRAINT
+            // (a CHECK, such as a JSON column's `json_valid`) and MISMATCH.
             let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0);
-            return matches!(primary, 18 | 19 | 20 | 25);
+            return matches!(primary, 18..=20);
         }
         code.starts_with("22") || code == "23514" || code.starts_with("54")
     }

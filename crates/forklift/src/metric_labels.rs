@@ -4,6 +4,9 @@
 //! enqueues jobs of ten thousand made-up types makes ten thousand series, and every
 //! scrape slower and larger. The first [`MAX_LABELLED`] distinct (type, queue) pairs, and
 //! queues, seen by this process keep their names; the rest are counted under `_other`.
+//! The pairs a worker runs (its registry's types in its queues) are named first, when it
+//! starts, and enqueues have a set of their own: made-up types cannot push the worker's
+//! own metrics into `_other`.
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
@@ -26,14 +29,38 @@ fn admit(seen: &'static OnceLock<Mutex<HashSet<String>>>, key: &str) -> bool {
     false
 }
 
-/// The `type` and `queue` labels of a job's metrics.
-pub fn job_labels(job_type: &str, queue: &str) -> (String, String) {
-    static PAIRS: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+static RUN_PAIRS: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+static ENQUEUED_PAIRS: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+
+fn pair(
+    seen: &'static OnceLock<Mutex<HashSet<String>>>,
+    job_type: &str,
+    queue: &str,
+) -> (String, String) {
     // The unit separator cannot occur in a type or queue name.
-    if admit(&PAIRS, &format!("{job_type}\u{1f}{queue}")) {
+    if admit(seen, &format!("{job_type}\u{1f}{queue}")) {
         (job_type.to_string(), queue.to_string())
     } else {
         (OTHER.to_string(), OTHER.to_string())
+    }
+}
+
+/// The `type` and `queue` labels of a running or finished job's metrics.
+pub fn job_labels(job_type: &str, queue: &str) -> (String, String) {
+    pair(&RUN_PAIRS, job_type, queue)
+}
+
+/// The `type` and `queue` labels of the enqueue counter.
+pub fn enqueue_labels(job_type: &str, queue: &str) -> (String, String) {
+    pair(&ENQUEUED_PAIRS, job_type, queue)
+}
+
+/// Names the pairs a worker runs before any client can take the places.
+pub(crate) fn admit_worker(types: &[String], queues: &[String]) {
+    for t in types {
+        for q in queues {
+            job_labels(t, q);
+        }
     }
 }
 

@@ -95,7 +95,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         rate_limit_per_second: args.rate_limit,
         rate_limit_burst: args.rate_burst,
-        metrics_token: args.metrics_token.clone().filter(|t| !t.is_empty()),
+        metrics_token: args
+            .metrics_token
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from),
         ..ApiConfig::default()
     };
     let state = AppState::new(Client::new(store.clone()), config, Some(metrics));

@@ -68,11 +68,11 @@ impl Maintainer {
     ///
     /// At most one process holds the term at a time, and the leader acts only within it:
     /// the campaign runs on its own clock (a long prune cannot keep the leader from renewing
-    /// its term), a service starts only with term left, the pruner checks it before each
-    /// batch, and a step still running when the term ends is stopped. What can outlast a
-    /// term is the one statement in flight at that moment, and every statement is guarded
-    /// (by status and lease expiry), so a step that two leaders overlap on changes nothing
-    /// twice.
+    /// its term), a service starts only with term left, the pruner checks the term before
+    /// each batch, and a rescue still running when the term it started in ends is stopped.
+    /// What can outlast a term is the one statement in flight at that moment, and every
+    /// statement is guarded (by status and lease expiry), so a step that two leaders
+    /// overlap on changes nothing twice.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let campaign = tokio::spawn(self.clone().campaign(stop.clone()));
         let mut rescue = tokio::time::interval(self.config.rescue_interval);
@@ -82,9 +82,12 @@ impl Maintainer {
                 _ = stop.cancelled() => break,
                 _ = rescue.tick() => self.within_term("rescue", self.rescuer.run_once()).await,
                 _ = prune.tick() => {
-                    if let Some(p) = &self.pruner {
-                        let elector = &self.elector;
-                        self.within_term("prune", p.run_while(|| elector.term_left().is_some())).await;
+                    // Batch by batch, each while the term (renewed meanwhile) lasts.
+                    if let Some(p) = &self.pruner
+                        && self.elector.term_left().is_some()
+                        && let Err(e) = p.run_while(|| self.elector.term_left().is_some()).await
+                    {
+                        tracing::warn!(error = %e, "prune failed");
                     }
                 }
             }

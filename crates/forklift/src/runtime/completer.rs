@@ -4,8 +4,10 @@
 //!
 //! One completion the database refuses must not hold up the others: a refused batch is
 //! split in halves until the refused completion stands alone, and that one is written as
-//! a failure of its job (`unstorable_outcome`) instead. Only an unreachable database is
-//! waited out, since then every write would fail alike.
+//! a failure of its job (`unstorable_outcome`) instead. An unreachable database is waited
+//! out, since then every write would fail alike; any other error (a deadlock, a full disk)
+//! is retried a few times, then the batch is split, and a lone completion that still
+//! fails is left to its lease, so a passing fault never fails a job that did its work.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +20,9 @@ use crate::store::{Completion, Store};
 /// The most completions in one statement.
 const MAX_BATCH: usize = 2_000;
 
-/// Tries of a lone completion that the database refuses for a reason other than being
-/// unreachable (a deadlock, a serialization failure) before it is written as a failure.
-const LONE_TRIES: u32 = 3;
+/// Tries of a group whose write fails for a reason that is neither an unreachable
+/// database nor a refused value, before it is split (or, alone, left to its lease).
+const OTHER_TRIES: u32 = 5;
 
 /// Runs until every sender is dropped and everything received is written.
 pub(crate) async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Completion>) {
@@ -53,10 +55,12 @@ pub(crate) async fn write(store: &dyn Store, batch: Vec<Completion>, closing: bo
     }
 }
 
-/// Writes one group: `Ok` once written (or given up at shutdown), `Err` with the refusal.
+/// Writes one group: `Ok` once written (or given up: at shutdown, or a lone completion
+/// failing for a reason other than its values); `Err` when the group should be split, or
+/// with the refusal of a lone completion's values.
 async fn write_group(store: &dyn Store, group: &[Completion], closing: bool) -> Result<(), Error> {
     let mut delay = Duration::from_millis(50);
-    let mut refusals = 0;
+    let mut others = 0;
     for attempt in 1.. {
         match store.job_complete_many(group).await {
             Ok(accepted) => {
@@ -80,15 +84,23 @@ async fn write_group(store: &dyn Store, group: &[Completion], closing: bool) -> 
                     return Ok(());
                 }
             }
-            // A group is split at once: the refusal is about one of its values, or it was
-            // a passing conflict that smaller writes get past.
-            Err(e) if group.len() > 1 || e.is_refused_value() => return Err(e),
+            // A value the database refuses: split the group until the refused completion
+            // stands alone (then it is written as a failure of its job).
+            Err(e) if e.is_refused_value() => return Err(e),
+            // Anything else (a deadlock, a serialization failure, a full disk) may pass:
+            // try again; a group that keeps failing is split, and a lone completion that
+            // keeps failing is left to its lease (the rescuer runs the job again) rather
+            // than failed for a fault that was not its own.
             Err(e) => {
-                refusals += 1;
-                if refusals >= LONE_TRIES {
-                    return Err(e);
+                others += 1;
+                tracing::warn!(error = %e, attempt, jobs = group.len(), "could not write completions; retrying");
+                if others >= OTHER_TRIES {
+                    if group.len() > 1 {
+                        return Err(e);
+                    }
+                    tracing::error!(job_id = %group[0].lease.job_id, error = %e, "giving up on a completion; the rescuer will retry its job");
+                    return Ok(());
                 }
-                tracing::warn!(error = %e, job_id = %group[0].lease.job_id, "completion failed; retrying");
             }
         }
         tokio::time::sleep(delay).await;

@@ -143,6 +143,10 @@ impl Worker {
             poll_interval: config.poll_interval,
             lease_ttl: config.lease_ttl,
         });
+        let mut types: Vec<String> = shared.handlers.keys().cloned().collect();
+        types.sort();
+        let queue_names: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
+        crate::metric_labels::admit_worker(&types, &queue_names);
         let queues: Vec<Arc<QueueState>> = config
             .queues
             .iter()

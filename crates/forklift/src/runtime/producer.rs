@@ -211,7 +211,8 @@ fn start_all(
             .timeout_seconds
             .map(|s| Duration::from_secs(s as u64))
             .or(reg.options.timeout);
-        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        // A timeout past what an Instant can hold means none (adding would panic).
+        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
         let ctx = JobContext::new(leased.job, deadline);
         shared.running.insert(lease, ctx.clone());
         let (shared2, queue2) = (shared.clone(), queue.clone());

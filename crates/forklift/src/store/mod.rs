@@ -339,7 +339,7 @@ pub struct Completion {
     /// The attempt this ends (to record it if its outcome cannot be stored).
     pub attempt: i32,
     /// `SUCCESS`, `PARTIAL_SUCCESS`, `FAILED`, `CANCELLED`, or `QUEUED` (retry or snooze).
-    /// A `QUEUED` completion of a job whose cancel was asked becomes `CANCELLED`.
+    /// A `QUEUED` or `FAILED` completion of a job whose cancel was asked becomes `CANCELLED`.
     pub status: JobStatus,
     pub result: Option<serde_json::Value>,
     pub result_url: Option<String>,

@@ -99,8 +99,8 @@ struct Inner {
     /// Workers' fetches, completions and releases, maintenance, and wake-ups: apart from
     /// `pool`, so that however many API requests wait for a connection, work goes on.
     work: PgPool,
-    /// Lease renewals and progress alone: a renewal that waits too long loses the lease
-    /// and makes the job run twice, so it never queues behind anything else.
+    /// Lease renewals and progress writes alone: a renewal that waits too long loses the
+    /// lease and makes the job run twice, so it queues behind nothing but them.
     leases: PgPool,
     events: broadcast::Sender<Event>,
     notifier: Arc<Notifier>,
@@ -136,6 +136,11 @@ impl PgStore {
 
     /// Uses a pool the application already has (the one its own transactions use).
     /// Must be called inside a Tokio runtime.
+    ///
+    /// The workers' connections (see [`PgStore`]) are made with this pool's connect
+    /// options, not its pool options: a setting made in `after_connect` (a `search_path`,
+    /// a role) is not applied to them, so give it in the connect options instead
+    /// (`PgConnectOptions::options`).
     pub fn from_pool(pool: PgPool) -> Self {
         let stop = CancellationToken::new();
         let work = side_pool(&pool, WORK_CONNECTIONS);
