@@ -5,5 +5,6 @@ pub mod auth;
 pub mod cli;
 pub mod commands;
 pub mod http;
+pub mod server;
 
 pub use http::{ApiConfig, AppState, openapi, router};

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::open_store;
 use crate::cli::{ServeArgs, WorkerArgs};
 use crate::http::{ApiConfig, AppState, router};
+use crate::server::{self, ServerConfig, nofile};
 
 fn worker_config(args: &WorkerArgs) -> WorkerConfig {
     WorkerConfig {
@@ -93,6 +94,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = ApiConfig {
         dev: args.dev,
         max_body_bytes: args.max_body_bytes,
+        body_timeout: Duration::from_secs(args.body_timeout_seconds),
         rate_limit_per_second: args.rate_limit,
         rate_limit_burst: args.rate_burst,
         metrics_token: args
@@ -103,6 +105,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .map(String::from),
         ..ApiConfig::default()
     };
+    let limits = ServerConfig {
+        max_connections: nofile::fit_connections(args.max_connections as usize),
+        header_timeout: Duration::from_secs(args.header_timeout_seconds),
+    };
     let state = AppState::new(Client::new(store.clone()), config, Some(metrics));
     let worker = if args.no_workers {
         None
@@ -110,10 +116,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(start_worker(store, &args.worker)?)
     };
     let stop = CancellationToken::new();
-    tracing::info!(listen = %args.listen, dev = args.dev, "serving the Jobs API");
-    let server =
-        axum::serve(listener, router(state)).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let server = tokio::spawn(async move { server.await });
+    tracing::info!(listen = %args.listen, dev = args.dev, max_connections = limits.max_connections, "serving the Jobs API");
+    let server = tokio::spawn(server::serve(listener, router(state), limits, stop.clone()));
     shutdown_signal().await;
     stop.cancel();
     if let Some(w) = worker {
@@ -122,7 +126,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Open connections (long polls, slow clients) get what is left of the grace period.
     let grace = Duration::from_secs(args.worker.shutdown_grace_seconds.max(1));
     match tokio::time::timeout(grace, server).await {
-        Ok(r) => r.context("server task")?.context("server")?,
+        Ok(r) => r.context("server task")?,
         Err(_) => tracing::warn!("connections still open after the grace period; closing"),
     }
     Ok(())

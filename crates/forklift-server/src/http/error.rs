@@ -48,6 +48,35 @@ impl ApiError {
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
+    /// A field (or parameter) is out of its documented range or shape.
+    pub fn invalid(field: &str, message: impl std::fmt::Display) -> Self {
+        Self::bad_request("invalid_field", format!("invalid `{field}`: {message}"))
+    }
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is over the limit of {limit} bytes"),
+        )
+    }
+    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            message,
+        )
+    }
+    /// A header that must come once came more than once: which value to believe is
+    /// ambiguous (a proxy may have read the other one), so neither is.
+    pub fn duplicate_header(name: &str) -> Self {
+        Self::bad_request(
+            "duplicate_header",
+            format!("send the `{name}` header once, not several times"),
+        )
+    }
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
 }
 
 impl From<forklift::Error> for ApiError {

@@ -1,47 +1,59 @@
 //! `/jobs`: enqueue, read, list, cancel, retry.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
-use forklift::{Client, Cursor, JobId, JobStatus, ListParams, MAX_BATCH};
+use forklift::{Client, Cursor, JobStatus, ListParams, MAX_BATCH, check_name};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::{ApiJson, Tenant};
-use super::model::{BatchRequest, BatchResponse, EnqueueRequest, JobList, JobView};
+use super::extract::{ApiJson, ApiQuery, JobIdPath, Tenant, single_header};
+use super::idempotency;
+use super::model::{
+    BatchRequest, BatchResponse, EnqueueRequest, JobList, JobView, check_timestamp, has_nul,
+};
 
 fn client(state: &AppState, tenant: Tenant) -> Client {
     state.client.for_tenant(tenant.0)
 }
 
-/// A malformed id cannot name a job: it answers like an unknown one.
-fn parse_id(id: &str) -> Result<JobId, ApiError> {
-    id.parse().map_err(|_| ApiError::not_found())
-}
-
+/// The `Idempotency-Key` header: 1–255 printable ASCII characters, sent once.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| {
-            ApiError::bad_request(
-                "invalid_field",
-                "invalid `Idempotency-Key`: must be visible ASCII",
-            )
-        }),
+    let Some(value) = single_header(headers, "idempotency-key")? else {
+        return Ok(None);
+    };
+    let printable = value.as_bytes().iter().all(|b| (0x20..0x7f).contains(b));
+    match value.to_str() {
+        Ok(key) if printable && (1..=255).contains(&key.len()) => Ok(Some(key.to_string())),
+        _ => Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 255 printable ASCII characters",
+        )),
     }
 }
 
 /// Enqueue one job.
+///
+/// A live job with the same key (`unique_key` or the `Idempotency-Key` header) answers
+/// 200 with that job and enqueues nothing. With the header, the job must also be the one
+/// this request asks for (same `type`, `payload`, `queue`, `priority`, `max_attempts`,
+/// `timeout_seconds` and `tags`); otherwise the answer is 409 `idempotency_key_reused`.
 #[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = EnqueueRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same as `unique_key`")),
+    params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
+        pattern = "^[!-~]([ -~]*[!-~])?$",
+        description = "Same as `unique_key`, and a retry of this same request answers 200 with its job; \
+            a different request with the key of a live job answers 409 `idempotency_key_reused`")),
     responses(
         (status = 202, description = "Enqueued", body = JobView),
         (status = 200, description = "An unfinished job with this unique key exists; nothing enqueued", body = JobView),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "`Idempotency-Key` reused with a different request", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn enqueue(
     State(state): State<AppState>,
@@ -49,21 +61,32 @@ pub async fn enqueue(
     headers: HeaderMap,
     ApiJson(req): ApiJson<EnqueueRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let job = req.into_new_job(idempotency_key(&headers)?)?;
-    let inserted = client(&state, tenant).enqueue(job).await?;
-    let status = if inserted.inserted {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, axum::Json(JobView::from(inserted.job))))
+    let header_key = idempotency_key(&headers)?;
+    let job = req.into_new_job(header_key.clone())?;
+    let inserted = client(&state, tenant)
+        .enqueue_many(std::slice::from_ref(&job))
+        .await?
+        .pop()
+        .expect("one job in, one result out");
+    if inserted.inserted {
+        return Ok((
+            StatusCode::ACCEPTED,
+            axum::Json(JobView::from(inserted.job)),
+        ));
+    }
+    if let Some(key) = header_key {
+        idempotency::check_reuse(&key, &inserted.job, &job)?;
+    }
+    Ok((StatusCode::OK, axum::Json(JobView::from(inserted.job))))
 }
 
 /// Enqueue up to 10,000 jobs at once, all or nothing.
 #[utoipa::path(post, path = "/jobs/batch", tag = "jobs", request_body = BatchRequest,
     responses((status = 202, description = "Enqueued", body = BatchResponse),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 415, body = ErrorBody), (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn enqueue_batch(
     State(state): State<AppState>,
@@ -71,9 +94,9 @@ pub async fn enqueue_batch(
     ApiJson(req): ApiJson<BatchRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
     if req.jobs.is_empty() || req.jobs.len() > MAX_BATCH {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("invalid `jobs`: send 1 to {MAX_BATCH} jobs"),
+        return Err(ApiError::invalid(
+            "jobs",
+            format!("send 1 to {MAX_BATCH} jobs"),
         ));
     }
     let jobs = req
@@ -93,33 +116,57 @@ pub async fn enqueue_batch(
 }
 
 /// One job.
-#[utoipa::path(get, path = "/jobs/{job_id}", tag = "jobs", params(("job_id" = String, Path)),
+#[utoipa::path(get, path = "/jobs/{job_id}", tag = "jobs", params(JobIdParam),
     responses((status = 200, body = JobView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn get(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    JobIdPath(id): JobIdPath,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let job = client(&state, tenant).get(parse_id(&id)?).await?;
+    let job = client(&state, tenant).get(id).await?;
     Ok(axum::Json(job.into()))
 }
 
-/// Filters and paging of `GET /jobs`.
+/// The `{job_id}` of a path, for the document only: [`JobIdPath`] extracts it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct JobIdParam {
+    /// `job_` + 32 lowercase hex digits; anything else answers 404 like an unknown job.
+    #[param(
+        example = "job_31c8927959d5442e90e3a6bc5a9188ec",
+        pattern = "^job_[0-9a-f]{32}$"
+    )]
+    job_id: String,
+}
+
+/// Filters and paging of `GET /jobs`. Each filter narrows the list; a malformed one is
+/// refused (400) rather than matching nothing.
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// One status or several, comma-separated.
+    /// One status or several, comma-separated: `status=QUEUED,RUNNING`.
+    #[param(schema_with = super::model::statuses_schema, style = Form, explode = false)]
     status: Option<String>,
+    /// The job type: 1–100 characters of `[A-Za-z0-9_.:-]`.
     #[serde(rename = "type")]
-    #[param(rename = "type")]
+    #[param(rename = "type", pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     job_type: Option<String>,
+    /// The queue: 1–100 characters of `[A-Za-z0-9_.:-]`.
+    #[param(pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     queue: Option<String>,
+    /// Jobs with this tag: 1–100 characters, not U+0000.
+    #[param(min_length = 1, max_length = 100, pattern = "^[^\\u0000]*$")]
     tag: Option<String>,
+    /// Created at or after this time (RFC 3339, years 0000–9999).
     created_after: Option<DateTime<Utc>>,
+    /// Created before this time (RFC 3339, years 0000–9999).
     created_before: Option<DateTime<Utc>>,
     /// 1–500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
     cursor: Option<String>,
@@ -133,25 +180,41 @@ pub struct ListQuery {
 pub async fn list(
     State(state): State<AppState>,
     tenant: Tenant,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<axum::Json<JobList>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request("invalid_field", e.body_text()))?;
     let statuses = match &q.status {
         None => Vec::new(),
         Some(s) => s
             .split(',')
             .map(|st| st.trim().parse::<JobStatus>())
             .collect::<Result<_, _>>()
-            .map_err(|e| {
-                ApiError::bad_request("invalid_field", format!("invalid `status`: {e}"))
-            })?,
+            .map_err(|e| ApiError::invalid("status", e))?,
     };
+    if let Some(t) = &q.job_type {
+        check_name("type", t)?;
+    }
+    if let Some(name) = &q.queue {
+        check_name("queue", name)?;
+    }
+    if let Some(tag) = &q.tag
+        && (tag.is_empty() || tag.chars().count() > 100 || has_nul(tag))
+    {
+        return Err(ApiError::invalid(
+            "tag",
+            "must be 1 to 100 characters, not U+0000",
+        ));
+    }
+    for (field, at) in [
+        ("created_after", &q.created_after),
+        ("created_before", &q.created_before),
+    ] {
+        if let Some(at) = at {
+            check_timestamp(field, at)?;
+        }
+    }
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            "invalid `limit`: must be from 1 to 500",
-        ));
+        return Err(ApiError::invalid("limit", "must be from 1 to 500"));
     }
     let cursor = match &q.cursor {
         None => None,
@@ -178,7 +241,7 @@ pub async fn list(
 }
 
 /// Cancel a job: a queued one at once; a running one is asked to stop.
-#[utoipa::path(post, path = "/jobs/{job_id}/cancel", tag = "jobs", params(("job_id" = String, Path)),
+#[utoipa::path(post, path = "/jobs/{job_id}/cancel", tag = "jobs", params(JobIdParam),
     responses((status = 200, body = JobView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "Already finished", body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody)),
@@ -186,14 +249,14 @@ pub async fn list(
 pub async fn cancel(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    JobIdPath(id): JobIdPath,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let job = client(&state, tenant).cancel(parse_id(&id)?).await?;
+    let job = client(&state, tenant).cancel(id).await?;
     Ok(axum::Json(job.into()))
 }
 
 /// Queue a FAILED, PARTIAL_SUCCESS or CANCELLED job again with fresh attempts.
-#[utoipa::path(post, path = "/jobs/{job_id}/retry", tag = "jobs", params(("job_id" = String, Path)),
+#[utoipa::path(post, path = "/jobs/{job_id}/retry", tag = "jobs", params(JobIdParam),
     responses((status = 200, body = JobView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "Not in a retryable status", body = ErrorBody), (status = 429, body = ErrorBody),
         (status = 503, body = ErrorBody)),
@@ -201,8 +264,8 @@ pub async fn cancel(
 pub async fn retry(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(id): Path<String>,
+    JobIdPath(id): JobIdPath,
 ) -> Result<axum::Json<JobView>, ApiError> {
-    let job = client(&state, tenant).retry(parse_id(&id)?).await?;
+    let job = client(&state, tenant).retry(id).await?;
     Ok(axum::Json(job.into()))
 }

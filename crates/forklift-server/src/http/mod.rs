@@ -1,18 +1,22 @@
 //! The Jobs API as an axum [`Router`] that another service can mount in its own app.
 
+pub mod content_length;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod jobs;
+pub mod loopback;
 pub mod model;
 pub mod ops;
+pub mod payload;
 pub mod queues;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
+use axum::{Router, middleware};
 use forklift::Client;
 use metrics_exporter_prometheus::PrometheusHandle;
 use utoipa::OpenApi;
@@ -30,6 +34,9 @@ pub struct ApiConfig {
     pub dev: bool,
     /// The largest request body. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// How long a request body may take to arrive in full; a slower one gets 408. Default
+    /// 30 s (1 MiB at 35 kB/s).
+    pub body_timeout: Duration,
     /// Requests per second per tenant, on average; 0 turns limiting off. Default 100.
     pub rate_limit_per_second: u32,
     /// Requests a tenant may send at once above the rate. Default 200.
@@ -46,6 +53,7 @@ impl Default for ApiConfig {
         ApiConfig {
             dev: false,
             max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
             rate_limit_per_second: 100,
             rate_limit_burst: 200,
             key_cache_ttl: Duration::from_secs(10),
@@ -82,9 +90,27 @@ impl AppState {
     }
 }
 
+/// What every operation shares, said once in the document's description.
+const API_DESCRIPTION: &str = "Background jobs over HTTP: enqueue, watch, cancel, retry.
+
+Every error, whatever the operation, is `{\"error\": {\"code\", \"message\"}}`: `code` is \
+snake_case for programs, `message` is for people. Besides the answers each operation lists, \
+any request can get 400 `duplicate_header` (`Authorization`, `Idempotency-Key` or \
+`Content-Type` sent more than once), 404 `no_route`, 405 `method_not_allowed` or 413 \
+`payload_too_large` (a `Content-Length` over the limit is refused before the body is read). \
+A server started with `--dev` serves requests without a key, and answers 403 `forbidden` to \
+any request whose `Host` is not `localhost`, `127.0.0.1` or `[::1]` (any port), or whose \
+`Origin` is not a page on one of those.
+
+`Idempotency-Key` on `POST /jobs`: a retry of the same request answers 200 with the job the \
+first one made; the same key with a different request (`type`, `payload`, `queue`, \
+`priority`, `max_attempts`, `timeout_seconds` or `tags`) answers 409 `idempotency_key_reused` \
+while that job is unfinished. The body's `unique_key` only deduplicates: a live job with the \
+key answers 200, whatever the rest of the request.";
+
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Forklift Jobs API", description = "Background jobs over HTTP: enqueue, watch, cancel, retry."),
+    info(title = "Forklift Jobs API", description = API_DESCRIPTION),
     modifiers(&BearerAuth),
     tags((name = "jobs"), (name = "queues"), (name = "ops"))
 )]
@@ -152,7 +178,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub fn router(state: AppState) -> Router {
     let (api, _) = documented().split_for_parts();
     let limit = state.config.max_body_bytes;
-    api.fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
+    let mut app = api
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -161,12 +188,19 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "the server failed on this request",
-            ))
-        }))
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(
+            limit,
+            content_length::refuse_oversized_body,
+        ));
+    if state.config.dev {
+        app = app.layer(middleware::from_fn(loopback::loopback_only));
+    }
+    app.layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| {
+        axum::response::IntoResponse::into_response(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "the server failed on this request",
+        ))
+    }))
+    .with_state(state)
 }

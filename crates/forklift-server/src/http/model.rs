@@ -1,12 +1,13 @@
 //! The API's JSON shapes (SPEC §3 and §5), kept apart from the library's types so the
 //! wire format changes only on purpose.
 
-use chrono::{DateTime, Utc};
-use forklift::{ErrorEntry, Job, NewJob};
+use chrono::{DateTime, Datelike, Utc};
+use forklift::{ErrorEntry, Job, JobStatus, NewJob};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::error::ApiError;
+use super::payload;
 
 /// A job, with every field of SPEC §3.
 #[derive(Serialize, ToSchema)]
@@ -18,6 +19,7 @@ pub struct JobView {
     pub job_type: String,
     pub queue: String,
     /// QUEUED, RUNNING, SUCCESS, FAILED, PARTIAL_SUCCESS or CANCELLED.
+    #[schema(schema_with = status_schema)]
     pub status: String,
     pub priority: i16,
     pub progress: i16,
@@ -40,6 +42,22 @@ pub struct JobView {
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub completed_at: Option<DateTime<Utc>>,
+}
+
+/// A job's status: one of the library's statuses, so the two cannot drift apart.
+pub fn status_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(JobStatus::ALL.iter().map(|s| s.as_str())))
+        .build()
+}
+
+/// One status or several (at least one), as in `status=QUEUED,RUNNING`.
+pub fn statuses_schema() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(status_schema())
+        .min_items(Some(1))
+        .build()
 }
 
 /// One failed attempt or item.
@@ -98,72 +116,103 @@ impl From<Job> for JobView {
 }
 
 /// The body of `POST /jobs` (and each item of a batch). Unknown fields are refused, so a
-/// misspelt option is an error rather than silently ignored.
+/// misspelt option is an error rather than silently ignored. `null` for an optional field
+/// means its default. `run_at` and `delay_seconds` exclude each other.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnqueueRequest {
     /// 1–100 characters of `[A-Za-z0-9_.:-]`.
     #[serde(rename = "type")]
-    #[schema(example = "bulk_import")]
+    #[schema(example = "bulk_import", pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     pub job_type: String,
-    /// Any JSON value; default `{}`.
+    /// Any JSON value; default `{}`. Numbers keep the digits they were sent with, up to
+    /// 131072 before the decimal point and 16383 after it; strings and keys cannot hold
+    /// U+0000.
     #[serde(default)]
     pub payload: Option<serde_json::Value>,
-    /// Default `default`.
+    /// 1–100 characters of `[A-Za-z0-9_.:-]`; default `default`.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     pub queue: Option<String>,
     /// 0–9, 0 runs first; default 5.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i16>,
-    /// Not before this time (RFC 3339). Exclusive with `delay_seconds`.
+    /// Not before this time (RFC 3339, years 0000–9999). Exclusive with `delay_seconds`.
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
-    /// Not before this many seconds from now.
+    /// Not before this many seconds from now: 0 to 10 years (315360000).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 315_360_000)]
     pub delay_seconds: Option<f64>,
     /// 1–1000; default 5.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<i32>,
-    /// 1–604800.
+    /// 1–604800 (7 days); default none.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 604_800)]
     pub timeout_seconds: Option<i32>,
-    /// At most one unfinished job per tenant has it. The `Idempotency-Key` header is
-    /// the same thing.
+    /// 1–255 characters, not U+0000. At most one unfinished job per tenant has it: a
+    /// request with the key of such a job answers 200 with that job.
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub unique_key: Option<String>,
     /// Reserved for job dependencies (a later release): must be absent or empty.
     #[serde(default)]
+    #[schema(max_items = 0)]
     pub depends_on: Option<Vec<String>>,
+    /// At most 20 tags of 1–100 characters, not U+0000.
     #[serde(default)]
+    #[schema(schema_with = tags_schema)]
     pub tags: Option<Vec<String>>,
 }
 
+/// utoipa has no attribute for the items of a `Vec<String>` field.
+fn tags_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .description(Some("At most 20 tags of 1–100 characters, not U+0000."))
+        .max_items(Some(20))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1))
+                .max_length(Some(100))
+                .pattern(Some("^[^\\u0000]*$")),
+        )
+        .build()
+}
+
 impl EnqueueRequest {
-    /// The library's job, with every field checked (the store validates again).
+    /// The library's job, with every field checked (the store validates again), and the
+    /// checks the library leaves to us: what both stores can hold.
     pub fn into_new_job(self, idempotency_key: Option<String>) -> Result<NewJob, ApiError> {
         if self.depends_on.as_ref().is_some_and(|d| !d.is_empty()) {
-            return Err(ApiError::bad_request(
-                "invalid_field",
-                "invalid `depends_on`: job dependencies are not supported yet",
+            return Err(ApiError::invalid(
+                "depends_on",
+                "job dependencies are not supported yet",
             ));
         }
         let mut job = NewJob::new(
             self.job_type,
             self.payload.unwrap_or_else(|| serde_json::json!({})),
         );
+        payload::check(&job.payload)?;
         if let Some(q) = self.queue {
             job.queue = q;
         }
         if let Some(p) = self.priority {
             job.priority = p;
         }
+        if let Some(at) = self.run_at {
+            check_timestamp("run_at", &at)?;
+        }
         job.run_at = self.run_at;
         if let Some(d) = self.delay_seconds {
             if !(d.is_finite() && d >= 0.0) {
-                return Err(ApiError::bad_request(
-                    "invalid_field",
-                    "invalid `delay_seconds`: must be a number ≥ 0",
-                ));
+                return Err(ApiError::invalid("delay_seconds", "must be a number ≥ 0"));
             }
             job.delay = Some(std::time::Duration::from_secs_f64(d.min(1e10)));
         }
@@ -171,11 +220,42 @@ impl EnqueueRequest {
             job.max_attempts = m;
         }
         job.timeout_seconds = self.timeout_seconds;
-        job.unique_key = self.unique_key.or(idempotency_key);
+        job.unique_key = match (self.unique_key, idempotency_key) {
+            (Some(body), Some(header)) if body != header => {
+                return Err(ApiError::invalid(
+                    "unique_key",
+                    "differs from the `Idempotency-Key` header; send one of them, or the same value in both",
+                ));
+            }
+            (body, header) => body.or(header),
+        };
         job.tags = self.tags.unwrap_or_default();
+        if job.unique_key.as_deref().is_some_and(has_nul) {
+            return Err(ApiError::invalid("unique_key", "cannot hold U+0000"));
+        }
+        if job.tags.iter().any(|t| has_nul(t)) {
+            return Err(ApiError::invalid("tags", "cannot hold U+0000"));
+        }
         job.validate()?;
         Ok(job)
     }
+}
+
+/// PostgreSQL's text cannot hold U+0000; refusing it keeps the stores alike.
+pub fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// Timestamps are RFC 3339, whose years have four digits; PostgreSQL holds nothing
+/// before 4713 BC, so an earlier one would fail in the database instead of here.
+pub fn check_timestamp(field: &str, at: &DateTime<Utc>) -> Result<(), ApiError> {
+    if !(0..=9999).contains(&at.year()) {
+        return Err(ApiError::invalid(
+            field,
+            "the year must be from 0000 to 9999",
+        ));
+    }
+    Ok(())
 }
 
 /// The body of `POST /jobs/batch`.
@@ -183,6 +263,7 @@ impl EnqueueRequest {
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// 1 to 10,000 jobs, enqueued all or nothing.
+    #[schema(min_items = 1, max_items = 10_000)]
     pub jobs: Vec<EnqueueRequest>,
 }
 

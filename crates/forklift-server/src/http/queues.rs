@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use chrono::{DateTime, Utc};
-use forklift::{JobStatus, check_name};
+use forklift::JobStatus;
 use serde::Serialize;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
-use super::extract::Tenant;
+use super::extract::{QueuePath, Tenant};
 
 /// One queue of the tenant.
 #[derive(Serialize, ToSchema)]
@@ -83,7 +83,6 @@ async fn set_paused(
     name: String,
     pause: bool,
 ) -> Result<axum::Json<QueueView>, ApiError> {
-    check_name("queue", &name)?;
     let client = state.client.for_tenant(tenant.0);
     if pause {
         client.pause_queue(&name).await?
@@ -102,28 +101,38 @@ async fn set_paused(
     Ok(axum::Json(view))
 }
 
+/// The `{name}` of a queue's path, for the document only: [`QueuePath`] extracts it.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+pub struct QueueParam {
+    /// The queue: 1–100 characters of `[A-Za-z0-9_.:-]`.
+    #[param(example = "default", pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
+    name: String,
+}
+
 /// Pause a queue: its queued jobs wait; running ones finish.
-#[utoipa::path(post, path = "/queues/{name}/pause", tag = "queues", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/queues/{name}/pause", tag = "queues", params(QueueParam),
     responses((status = 200, body = QueueView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn pause(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(name): Path<String>,
+    QueuePath(name): QueuePath,
 ) -> Result<axum::Json<QueueView>, ApiError> {
     set_paused(state, tenant, name, true).await
 }
 
 /// Resume a paused queue.
-#[utoipa::path(post, path = "/queues/{name}/resume", tag = "queues", params(("name" = String, Path)),
+#[utoipa::path(post, path = "/queues/{name}/resume", tag = "queues", params(QueueParam),
     responses((status = 200, body = QueueView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn resume(
     State(state): State<AppState>,
     tenant: Tenant,
-    Path(name): Path<String>,
+    QueuePath(name): QueuePath,
 ) -> Result<axum::Json<QueueView>, ApiError> {
     set_paused(state, tenant, name, false).await
 }

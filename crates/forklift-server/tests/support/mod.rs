@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use forklift::{Client, PgStore, SqliteStore, Store};
 use forklift_server::auth::issue_key;
+use forklift_server::server::ServerConfig;
 use forklift_server::{ApiConfig, AppState, router};
 use forklift_testkit::TestSchema;
 use reqwest::{Method, StatusCode};
@@ -47,12 +49,28 @@ pub struct TestApi {
     http: reqwest::Client,
 }
 
-/// A server on a free loopback port, serving `store` with `config`.
+/// A server on a free loopback port, serving `store` with `config`, through the binary's
+/// own serving loop with its default limits.
 pub async fn serve(store: Arc<dyn Store>, config: ApiConfig) -> String {
+    serve_with_limits(store, config, ServerConfig::default()).await
+}
+
+/// [`serve`] with the serving loop's limits given.
+pub async fn serve_with_limits(
+    store: Arc<dyn Store>,
+    config: ApiConfig,
+    limits: ServerConfig,
+) -> String {
     let state = AppState::new(Client::new(store), config, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router(state)).await.unwrap() });
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(forklift_server::server::serve(
+        listener,
+        router(state),
+        limits,
+        stop,
+    ));
     format!("http://{addr}")
 }
 
@@ -69,6 +87,11 @@ impl TestApi {
     }
 
     pub async fn with_config(backend: Backend, config: ApiConfig) -> TestApi {
+        Self::with_limits(backend, config, ServerConfig::default()).await
+    }
+
+    /// A server with the API's `config` and the serving loop's `limits`.
+    pub async fn with_limits(backend: Backend, config: ApiConfig, limits: ServerConfig) -> TestApi {
         let (db, store): (Db, Arc<dyn Store>) = match backend {
             Backend::Pg => {
                 let schema = forklift_testkit::fresh_schema().await;
@@ -87,7 +110,7 @@ impl TestApi {
         let b = store.tenant_create("tenant-b").await.unwrap();
         let key_a = issue_key(&*store, a.tenant_id).await.unwrap().key;
         let key_b = issue_key(&*store, b.tenant_id).await.unwrap().key;
-        let base = serve(store.clone(), config).await;
+        let base = serve_with_limits(store.clone(), config, limits).await;
         TestApi {
             db,
             store,
@@ -134,6 +157,38 @@ impl TestApi {
     pub fn raw(&self) -> &reqwest::Client {
         &self.http
     }
+
+    /// The server's address, for raw sockets.
+    pub fn addr(&self) -> SocketAddr {
+        self.base.trim_start_matches("http://").parse().unwrap()
+    }
+}
+
+/// Sends `request` as is on a new connection and returns what the server writes until it
+/// closes the connection or `wait` passes, whichever is first, and whether it closed.
+pub async fn raw_exchange(addr: SocketAddr, request: &[u8], wait: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut got = Vec::new();
+    let closed = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+/// The JSON body of a raw HTTP/1.1 answer (after the blank line).
+pub fn raw_body(answer: &str) -> Value {
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("a JSON body in {answer:?}"))
 }
 
 /// Asserts the SPEC §5 error shape and returns the code.

@@ -234,7 +234,13 @@ pub async fn http(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow:
     let state = AppState::new(Client::new(store), config, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/jobs", listener.local_addr()?);
-    let server = tokio::spawn(async move { axum::serve(listener, router(state)).await });
+    // The binary's own serving loop, so that the figure includes its limits.
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        router(state),
+        crate::server::ServerConfig::default(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
     let until = Instant::now() + Duration::from_secs(args.http_seconds);
     let count = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..16)

@@ -1,0 +1,213 @@
+//! What a payload may hold, and when two payloads say the same thing.
+//!
+//! Numbers keep the digits they were sent with (serde_json's `arbitrary_precision`), so a
+//! payload can carry integers past 2^64 and decimals past an f64's 17 digits. Both stores
+//! must hold every payload the API accepts, and hold it alike: PostgreSQL keeps a jsonb
+//! number as `numeric`, which has a range, and jsonb strings cannot hold U+0000. So a
+//! payload beyond either is refused with 400 on both stores (instead of a database error
+//! on one and success on the other).
+
+use serde_json::Value;
+
+use super::error::ApiError;
+
+/// Digits before the decimal point that PostgreSQL's `numeric` holds.
+const MAX_INTEGER_DIGITS: i64 = 131_072;
+/// Digits after the decimal point that PostgreSQL's `numeric` holds (its `dscale`).
+const MAX_FRACTION_DIGITS: i64 = 16_383;
+
+/// Refuses a payload that a store could not keep as sent.
+pub fn check(payload: &Value) -> Result<(), ApiError> {
+    match payload {
+        Value::String(s) => check_text(s),
+        Value::Number(n) => {
+            let d = Decimal::parse(n.as_str());
+            if d.integer_digits() > MAX_INTEGER_DIGITS || d.scale > MAX_FRACTION_DIGITS {
+                return Err(ApiError::invalid(
+                    "payload",
+                    format!(
+                        "numbers may have at most {MAX_INTEGER_DIGITS} digits before the decimal point and {MAX_FRACTION_DIGITS} after it"
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Value::Array(items) => items.iter().try_for_each(check),
+        Value::Object(fields) => fields.iter().try_for_each(|(key, value)| {
+            check_text(key)?;
+            check(value)
+        }),
+        Value::Null | Value::Bool(_) => Ok(()),
+    }
+}
+
+fn check_text(s: &str) -> Result<(), ApiError> {
+    if s.contains('\0') {
+        return Err(ApiError::invalid(
+            "payload",
+            "strings cannot hold the NUL character (\\u0000)",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two payloads are the same JSON value. Numbers compare by value, not by how they
+/// are written: PostgreSQL gives back `1e2` as `100` and `-0` as `0`, and a client that
+/// sends the same request twice has sent the same payload. Object keys are unordered.
+pub fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            Decimal::parse(x.as_str()).same_value(&Decimal::parse(y.as_str()))
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// A JSON number's text taken apart: `0.<significant> × 10^point`, and the digits after
+/// the decimal point as written (what PostgreSQL keeps as the number's scale).
+#[derive(Debug, PartialEq)]
+struct Decimal {
+    negative: bool,
+    /// Without leading or trailing zeros; empty for zero.
+    significant: String,
+    point: i64,
+    scale: i64,
+}
+
+impl Decimal {
+    /// `text` is a number serde_json accepted: `-?int(.frac)?([eE][+-]?exp)?`.
+    fn parse(text: &str) -> Decimal {
+        let (negative, rest) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let (mantissa, exponent) = match rest.split_once(['e', 'E']) {
+            // An exponent too long for an i64 is far past any limit; saturate.
+            Some((m, e)) => (
+                m,
+                e.parse::<i64>().unwrap_or(if e.starts_with('-') {
+                    i64::MIN / 2
+                } else {
+                    i64::MAX / 2
+                }),
+            ),
+            None => (rest, 0),
+        };
+        let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+        let digits = format!("{int}{frac}");
+        let leading = digits.len() - digits.trim_start_matches('0').len();
+        Decimal {
+            negative,
+            significant: digits.trim_matches('0').to_string(),
+            point: (int.len() as i64 - leading as i64).saturating_add(exponent),
+            scale: (frac.len() as i64).saturating_sub(exponent).max(0),
+        }
+    }
+
+    fn integer_digits(&self) -> i64 {
+        if self.significant.is_empty() {
+            0
+        } else {
+            self.point.max(0)
+        }
+    }
+
+    fn same_value(&self, other: &Decimal) -> bool {
+        if self.significant.is_empty() || other.significant.is_empty() {
+            return self.significant == other.significant; // 0 and -0 are one number
+        }
+        (self.negative, &self.significant, self.point)
+            == (other.negative, &other.significant, other.point)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parsed(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn numbers_keep_their_digits() {
+        let big = parsed(r#"{"n": 123456789012345678901234567890, "d": 0.1000000000000000000001}"#);
+        assert_eq!(
+            big.to_string(),
+            r#"{"d":0.1000000000000000000001,"n":123456789012345678901234567890}"#
+        );
+    }
+
+    #[test]
+    fn numbers_compare_by_value_not_by_spelling() {
+        for (a, b) in [
+            ("1e2", "100"),
+            ("1.50", "1.5"),
+            ("-0", "0"),
+            ("0.0", "0"),
+            ("12.5e-1", "1.25"),
+            ("100E-2", "1"),
+        ] {
+            assert!(same(&parsed(a), &parsed(b)), "{a} = {b}");
+        }
+        for (a, b) in [
+            (
+                "123456789012345678901234567890",
+                "123456789012345678901234567891",
+            ),
+            ("1", "-1"),
+            ("10", "1"),
+            ("0.1", "0.01"),
+        ] {
+            assert!(!same(&parsed(a), &parsed(b)), "{a} != {b}");
+        }
+    }
+
+    #[test]
+    fn objects_compare_without_key_order_and_arrays_with_it() {
+        assert!(same(
+            &parsed(r#"{"a": 1, "b": [1, 2]}"#),
+            &parsed(r#"{"b": [1.0, 2], "a": 1}"#)
+        ));
+        assert!(!same(&json!([1, 2]), &json!([2, 1])));
+        assert!(!same(&json!({"a": 1}), &json!({"a": 1, "b": null})));
+        assert!(!same(&json!({"a": "1"}), &json!({"a": 1})));
+    }
+
+    #[test]
+    fn numbers_postgresql_cannot_hold_are_refused() {
+        for ok in [
+            "1e131071",
+            "-1e131071",
+            "1e-16383",
+            "1.5e-16382",
+            "0",
+            "123456789012345678901234567890",
+        ] {
+            assert!(check(&parsed(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "1e131072",
+            "1e-16384",
+            "1.5e-16383",
+            "1.0e-16383",
+            "1e99999999999999999999",
+        ] {
+            assert!(check(&parsed(&format!("[{bad}]"))).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nul_characters_are_refused_in_keys_and_values() {
+        assert!(check(&json!({"a": ["x\u{0}"]})).is_err());
+        assert!(check(&json!({"a\u{0}": 1})).is_err());
+        assert!(check(&json!({"a": "\u{1}"})).is_ok());
+    }
+}

@@ -1,0 +1,599 @@
+//! Hostile and careless clients, through a real server on a loopback port: floods of idle
+//! and half-sent connections, slow and oversized bodies, ambiguous headers, malformed
+//! paths, foreign charsets, reused idempotency keys, numbers past f64, input a store
+//! cannot hold, and web pages calling a `--dev` server.
+
+mod support;
+
+use std::time::Duration;
+
+use forklift_server::ApiConfig;
+use forklift_server::server::{ServerConfig, nofile};
+use reqwest::{Method, StatusCode, header};
+use serde_json::{Value, json};
+use support::{Backend, TestApi, error_code, on_both_stores, raw_body, raw_exchange};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+on_both_stores!(
+    an_idle_and_half_sent_flood_leaves_health_and_keyed_calls_answering,
+    a_body_slower_than_the_body_timeout_gets_408,
+    a_declared_body_over_the_limit_gets_413_before_it_is_sent,
+    repeated_authorization_idempotency_key_or_content_type_headers_get_400,
+    every_rejection_answers_in_the_error_shape,
+    a_json_body_in_another_charset_than_utf8_gets_415,
+    an_idempotency_key_reused_with_another_request_gets_409,
+    payload_numbers_keep_every_digit,
+    input_a_store_cannot_hold_gets_400_and_writes_nothing,
+    dev_mode_refuses_foreign_hosts_and_web_pages_of_other_origins,
+);
+
+fn no_rate_limit() -> ApiConfig {
+    ApiConfig {
+        rate_limit_per_second: 0,
+        ..ApiConfig::default()
+    }
+}
+
+/// Reads until the peer closes; true if it did within `wait`.
+async fn closes_within(stream: &mut TcpStream, wait: Duration) -> bool {
+    tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Connections per flood: 1,000, or fewer where the open-files limit cannot be raised to
+/// hold them (each costs this process two descriptors: its end and the server's; the
+/// floods of both stores' tests may run at once).
+fn flood_size() -> usize {
+    (nofile::fit_connections(6 * 1_000) / 6).max(50)
+}
+
+async fn an_idle_and_half_sent_flood_leaves_health_and_keyed_calls_answering(b: Backend) {
+    let header_timeout = Duration::from_secs(3);
+    let api = TestApi::with_limits(
+        b,
+        no_rate_limit(),
+        ServerConfig {
+            header_timeout,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let mut flood = Vec::new();
+    for i in 0..flood_size() {
+        let mut s = TcpStream::connect(api.addr()).await.unwrap();
+        if i % 2 == 1 {
+            s.write_all(b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+                .await
+                .unwrap();
+        }
+        flood.push(s);
+    }
+    let prompt = Duration::from_secs(1);
+    let health = tokio::time::timeout(prompt, api.call(Method::GET, "/health", None, None)).await;
+    assert_eq!(health.expect("/health answers promptly").0, StatusCode::OK);
+    let jobs = tokio::time::timeout(prompt, api.get("/jobs")).await;
+    assert_eq!(
+        jobs.expect("a keyed call answers promptly").0,
+        StatusCode::OK
+    );
+    // Every flooding connection is closed once the header timeout has passed.
+    let deadline = started + header_timeout + Duration::from_secs(3);
+    for s in &mut flood {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            closes_within(s, left).await,
+            "a flooding connection is closed after the header timeout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn idle_half_sent_and_kept_alive_connections_are_closed_after_the_header_timeout() {
+    let api = TestApi::with_limits(
+        Backend::Sqlite,
+        no_rate_limit(),
+        ServerConfig {
+            header_timeout: Duration::from_secs(1),
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let idle = TcpStream::connect(api.addr()).await.unwrap();
+    let mut half = TcpStream::connect(api.addr()).await.unwrap();
+    half.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let mut kept = TcpStream::connect(api.addr()).await.unwrap();
+    kept.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 512];
+    let n = kept.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "a first request is served"
+    );
+    let mut connections = [("idle", idle), ("half-sent", half), ("kept-alive", kept)];
+    for (name, s) in &mut connections {
+        assert!(
+            !closes_within(s, Duration::from_millis(100)).await,
+            "a {name} connection is not closed before the timeout"
+        );
+    }
+    for (name, s) in &mut connections {
+        assert!(
+            closes_within(s, Duration::from_secs(3)).await,
+            "a {name} connection is closed after the timeout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_503_and_the_cap_frees_as_connections_close() {
+    let api = TestApi::with_limits(
+        Backend::Sqlite,
+        no_rate_limit(),
+        ServerConfig {
+            max_connections: 20,
+            ..ServerConfig::default()
+        },
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(TcpStream::connect(api.addr()).await.unwrap());
+    }
+    // The server accepts in order, so the 21st is turned away whatever the timing.
+    for _ in 0..3 {
+        let (answer, closed) = raw_exchange(api.addr(), b"", Duration::from_secs(3)).await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("retry-after: 1"), "{answer}");
+        assert_eq!(error_code(&raw_body(&answer)), "too_many_connections");
+        assert!(closed, "and closed at once");
+    }
+    held.truncate(15);
+    let freed = async {
+        loop {
+            if let Ok(resp) = api.raw().get(format!("{}/health", api.base)).send().await
+                && resp.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), freed)
+        .await
+        .expect("closed connections free their places");
+}
+
+async fn a_body_slower_than_the_body_timeout_gets_408(b: Backend) {
+    let api = TestApi::with_config(
+        b,
+        ApiConfig {
+            body_timeout: Duration::from_secs(1),
+            ..no_rate_limit()
+        },
+    )
+    .await;
+    let request = format!(
+        "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 50\r\n\r\n{{\"type\": ",
+        api.key_a
+    );
+    let started = std::time::Instant::now();
+    let (answer, closed) =
+        raw_exchange(api.addr(), request.as_bytes(), Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(error_code(&raw_body(&answer)), "body_timeout");
+    assert!(closed, "the connection is closed");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let (_, list) = api.get("/jobs").await;
+    assert_eq!(list["jobs"], json!([]), "nothing was written");
+}
+
+async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent(b: Backend) {
+    let api = TestApi::start(b).await;
+    for expect in ["Expect: 100-continue\r\n", ""] {
+        let request = format!(
+            "POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 2000000\r\n{expect}\r\n",
+            api.key_a
+        );
+        // No body is ever sent: the answer must come from the declared length alone.
+        let (answer, _) =
+            raw_exchange(api.addr(), request.as_bytes(), Duration::from_secs(2)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 413"),
+            "{expect:?}: 413 at once, not `100 Continue` or a wait for the body: {answer:?}"
+        );
+        assert_eq!(error_code(&raw_body(&answer)), "payload_too_large");
+    }
+}
+
+async fn repeated_authorization_idempotency_key_or_content_type_headers_get_400(b: Backend) {
+    let api = TestApi::start(b).await;
+    let jobs = format!("{}/jobs", api.base);
+    let twice = [
+        api.raw()
+            .get(&jobs)
+            .bearer_auth(&api.key_a)
+            .bearer_auth(&api.key_a),
+        api.raw()
+            .get(&jobs)
+            .bearer_auth(&api.key_a)
+            .bearer_auth(&api.key_b),
+        api.raw()
+            .get(&jobs)
+            .bearer_auth("nonsense")
+            .bearer_auth(&api.key_a),
+        api.raw()
+            .post(&jobs)
+            .bearer_auth(&api.key_a)
+            .header("Idempotency-Key", "a")
+            .header("Idempotency-Key", "b")
+            .json(&json!({"type": "noop"})),
+        api.raw()
+            .post(&jobs)
+            .bearer_auth(&api.key_a)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_TYPE, "text/plain")
+            .body(r#"{"type": "noop"}"#),
+    ];
+    for request in twice {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(error_code(&resp.json().await.unwrap()), "duplicate_header");
+    }
+    let (_, list) = api.get("/jobs").await;
+    assert_eq!(list["jobs"], json!([]), "nothing was written");
+}
+
+async fn every_rejection_answers_in_the_error_shape(b: Backend) {
+    let api = TestApi::start(b).await;
+    let cases = [
+        (Method::GET, "/jobs/%FF", StatusCode::NOT_FOUND),
+        (Method::POST, "/jobs/%FF/cancel", StatusCode::NOT_FOUND),
+        (Method::POST, "/jobs/job_%FF/retry", StatusCode::NOT_FOUND),
+        (Method::POST, "/queues/%FF/pause", StatusCode::BAD_REQUEST),
+        (
+            Method::POST,
+            "/queues/%FF%FE/resume",
+            StatusCode::BAD_REQUEST,
+        ),
+        (Method::GET, "/jobs?limit=many", StatusCode::BAD_REQUEST),
+        (Method::GET, "/jobs?limit=%FF", StatusCode::BAD_REQUEST),
+        (Method::GET, "/jobs?type=%FF", StatusCode::BAD_REQUEST),
+        (
+            Method::GET,
+            "/jobs?created_after=%FF",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            Method::GET,
+            "/jobs?limit=1&limit=2",
+            StatusCode::BAD_REQUEST,
+        ),
+        (Method::DELETE, "/jobs", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::PUT, "/jobs/%FF", StatusCode::METHOD_NOT_ALLOWED),
+        (Method::GET, "/%FF", StatusCode::NOT_FOUND),
+    ];
+    for (method, path, status) in cases {
+        let resp = api
+            .raw()
+            .request(method.clone(), format!("{}{path}", api.base))
+            .bearer_auth(&api.key_a)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "{method} {path}");
+        assert_eq!(
+            resp.headers()[header::CONTENT_TYPE],
+            "application/json",
+            "{method} {path}"
+        );
+        error_code(&resp.json().await.unwrap());
+    }
+}
+
+async fn a_json_body_in_another_charset_than_utf8_gets_415(b: Backend) {
+    let api = TestApi::start(b).await;
+    let send = |content_type: &'static str| {
+        api.raw()
+            .post(format!("{}/jobs", api.base))
+            .bearer_auth(&api.key_a)
+            .header(header::CONTENT_TYPE, content_type)
+            .body(r#"{"type": "noop"}"#)
+            .send()
+    };
+    for refused in [
+        "application/json; charset=utf-16",
+        "application/json; charset=iso-8859-1",
+        "application/json; charset=\"utf-16le\"",
+        "text/plain; charset=utf-8",
+        "application/jsonx",
+    ] {
+        let resp = send(refused).await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "{refused}"
+        );
+        assert_eq!(
+            error_code(&resp.json().await.unwrap()),
+            "unsupported_media_type"
+        );
+    }
+    let (_, list) = api.get("/jobs").await;
+    assert_eq!(list["jobs"], json!([]), "nothing was written");
+    for accepted in [
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json;charset=\"UTF-8\"",
+        "application/vnd.forklift+json",
+    ] {
+        assert_eq!(
+            send(accepted).await.unwrap().status(),
+            StatusCode::ACCEPTED,
+            "{accepted}"
+        );
+    }
+}
+
+async fn an_idempotency_key_reused_with_another_request_gets_409(b: Backend) {
+    let api = TestApi::start(b).await;
+    let send = |key: &'static str, body: Value| {
+        api.raw()
+            .post(format!("{}/jobs", api.base))
+            .bearer_auth(&api.key_a)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    let first = json!({
+        "type": "report", "payload": {"b": [1, 2.5], "a": 100}, "queue": "slow", "priority": 3,
+        "max_attempts": 7, "timeout_seconds": 60, "tags": ["x", "y"], "delay_seconds": 3600,
+    });
+    let resp = send("order-7", first.clone()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let job: Value = resp.json().await.unwrap();
+    // The same request again (keys and tags reordered, numbers spelt differently, a
+    // later time): the same job.
+    let mut again = first.clone();
+    again["payload"] = serde_json::from_str(r#"{"a": 1e2, "b": [1, 2.50]}"#).unwrap();
+    again["delay_seconds"] = json!(7200);
+    again["tags"] = json!(["y", "x"]);
+    let resp = send("order-7", again).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["job_id"], job["job_id"]);
+    // Any difference in what the job is: 409, naming the field.
+    for (field, value) in [
+        ("type", json!("other")),
+        ("payload", json!({"a": 100, "b": [1, 2.5, 3]})),
+        ("queue", json!("default")),
+        ("priority", json!(4)),
+        ("max_attempts", json!(5)),
+        ("timeout_seconds", Value::Null),
+        ("tags", json!(["x", "z"])),
+    ] {
+        let mut other = first.clone();
+        other[field] = value;
+        let resp = send("order-7", other).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::CONFLICT, "{field}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(error_code(&err), "idempotency_key_reused", "{field}");
+        assert!(
+            err["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("`{field}`")),
+            "{err}"
+        );
+    }
+    // The body's unique_key keeps its meaning: the live job answers, whatever the request.
+    let (status, _) = api
+        .post("/jobs", json!({"type": "noop", "unique_key": "u-1"}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, same) = api
+        .post(
+            "/jobs",
+            json!({"type": "other", "unique_key": "u-1", "priority": 0}),
+        )
+        .await;
+    assert_eq!(
+        (status, same["type"].as_str()),
+        (StatusCode::OK, Some("noop"))
+    );
+    // The header and the field disagreeing is ambiguous.
+    let resp = send("k-1", json!({"type": "noop", "unique_key": "k-2"}))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let (_, list) = api.get("/jobs").await;
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        2,
+        "only the two first jobs"
+    );
+}
+
+async fn payload_numbers_keep_every_digit(b: Backend) {
+    let api = TestApi::start(b).await;
+    let numbers = r#"{"big": 123456789012345678901234567890, "negative": -98765432109876543210987654321, "decimal": 0.1000000000000000000000000001, "small": 2}"#;
+    let resp = api
+        .raw()
+        .post(format!("{}/jobs", api.base))
+        .bearer_auth(&api.key_a)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(format!(r#"{{"type": "noop", "payload": {numbers}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let enqueued = resp.text().await.unwrap();
+    let id = serde_json::from_str::<Value>(&enqueued).unwrap()["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read = api
+        .raw()
+        .get(format!("{}/jobs/{id}", api.base))
+        .bearer_auth(&api.key_a)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for answer in [&enqueued, &read] {
+        for digits in [
+            r#""big":123456789012345678901234567890"#,
+            r#""negative":-98765432109876543210987654321"#,
+            r#""decimal":0.1000000000000000000000000001"#,
+            r#""small":2"#,
+        ] {
+            assert!(answer.contains(digits), "{digits} in {answer}");
+        }
+    }
+}
+
+async fn input_a_store_cannot_hold_gets_400_and_writes_nothing(b: Backend) {
+    let api = TestApi::start(b).await;
+    let bodies = [
+        (
+            r#"{"type": "noop", "payload": {"text": "a\u0000b"}}"#,
+            "payload",
+        ),
+        (r#"{"type": "noop", "payload": {"a\u0000": 1}}"#, "payload"),
+        (r#"{"type": "noop", "payload": [1e131072]}"#, "payload"),
+        (r#"{"type": "noop", "payload": [1e-16384]}"#, "payload"),
+        (r#"{"type": "noop", "tags": ["a\u0000"]}"#, "tags"),
+        (r#"{"type": "noop", "unique_key": "k\u0000"}"#, "unique_key"),
+        (
+            r#"{"type": "noop", "run_at": "-10000-01-01T00:00:00Z"}"#,
+            "run_at",
+        ),
+        (
+            r#"{"type": "noop", "run_at": "-0001-01-01T00:00:00Z"}"#,
+            "run_at",
+        ),
+    ];
+    for (body, field) in bodies {
+        let resp = api
+            .raw()
+            .post(format!("{}/jobs", api.base))
+            .bearer_auth(&api.key_a)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{body}");
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(error_code(&err), "invalid_field", "{body}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(field),
+            "{err}"
+        );
+    }
+    for query in [
+        "tag=%00",
+        "tag=",
+        "type=%00",
+        "queue=a%00",
+        "created_after=-10000-01-01T00:00:00Z",
+        "created_before=-0001-12-31T00:00:00Z",
+    ] {
+        let (status, err) = api.get(&format!("/jobs?{query}")).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(error_code(&err), "invalid_field", "{query}");
+    }
+    let (status, list) = api.get("/jobs").await;
+    assert_eq!(
+        (status, &list["jobs"]),
+        (StatusCode::OK, &json!([])),
+        "nothing was written"
+    );
+}
+
+async fn dev_mode_refuses_foreign_hosts_and_web_pages_of_other_origins(b: Backend) {
+    let api = TestApi::with_config(
+        b,
+        ApiConfig {
+            dev: true,
+            ..no_rate_limit()
+        },
+    )
+    .await;
+    let port = api.addr().port();
+    let pause = |host: Option<String>, origin: Option<&'static str>| {
+        let mut req = api.raw().post(format!("{}/queues/default/pause", api.base));
+        if let Some(h) = host {
+            req = req.header(header::HOST, h);
+        }
+        if let Some(o) = origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        req.send()
+    };
+    for (host, origin) in [
+        (Some("evil.example".to_string()), None),
+        (Some(format!("evil.example:{port}")), None),
+        (Some(format!("127.0.0.1.nip.io:{port}")), None),
+        (None, Some("http://evil.example")),
+        (None, Some("null")),
+        (None, Some("http://localhost.evil.example:3000")),
+        (
+            Some(format!("localhost:{port}")),
+            Some("https://evil.example"),
+        ),
+    ] {
+        let resp = pause(host.clone(), origin).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{host:?} {origin:?}");
+        assert_eq!(error_code(&resp.json().await.unwrap()), "forbidden");
+    }
+    let (_, queues) = api.call(Method::GET, "/queues", None, None).await;
+    assert_eq!(
+        queues["queues"],
+        json!([]),
+        "no refused request paused the queue"
+    );
+    for (host, origin) in [
+        (None, None),
+        (Some(format!("localhost:{port}")), None),
+        (Some(format!("[::1]:{port}")), None),
+        (None, Some("http://localhost:3000")),
+        (None, Some("http://127.0.0.1:8080")),
+        (Some(format!("127.0.0.1:{port}")), Some("https://[::1]")),
+    ] {
+        let resp = pause(host.clone(), origin).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{host:?} {origin:?}");
+    }
+}
+
+#[tokio::test]
+async fn without_dev_mode_any_host_and_origin_may_call_with_a_key() {
+    let api = TestApi::start(Backend::Sqlite).await;
+    let resp = api
+        .raw()
+        .get(format!("{}/jobs", api.base))
+        .bearer_auth(&api.key_a)
+        .header(header::HOST, "jobs.example.com")
+        .header(header::ORIGIN, "https://dashboard.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
