@@ -80,7 +80,7 @@ async fn a_flood_of_api_requests_does_not_cost_a_running_job_its_lease() {
             while !stop.is_cancelled() {
                 // Made-up keys of the right shape (each a look-up), and a real tenant's reads.
                 let made_up = format!("fk_{:08x}_{:032x}", i, rand::random::<u128>());
-                let (path, bearer) = if sent % 2 == 0 {
+                let (path, bearer) = if sent.is_multiple_of(2) {
                     ("/jobs", made_up.as_str())
                 } else {
                     ("/stats", key.as_str())
