@@ -227,7 +227,6 @@ fn tags_schema() -> utoipa::openapi::schema::Array {
 /// Schema's `not`, which utoipa's schema type lacks, so it goes in through the extensions
 /// map (serialized flat into the schema object, under any key).
 pub fn document_exclusive_fields(doc: &mut utoipa::openapi::OpenApi) {
-    use utoipa::openapi::{RefOr, Schema};
     let schemas = doc.components.as_mut().map(|c| &mut c.schemas);
     if let Some(RefOr::T(Schema::Object(request))) =
         schemas.and_then(|s| s.get_mut("EnqueueRequest"))
