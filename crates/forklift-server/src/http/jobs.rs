@@ -13,7 +13,8 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, JobIdPath, Tenant, single_header};
 use super::idempotency;
 use super::model::{
-    BatchRequest, BatchResponse, EnqueueRequest, JobList, JobView, check_timestamp, has_nul,
+    BatchRequest, BatchResponse, EnqueueRequest, JobList, JobView, StatusName, check_timestamp,
+    has_nul,
 };
 
 fn client(state: &AppState, tenant: Tenant) -> Client {
@@ -37,15 +38,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Enqueue one job.
 ///
-/// A live job with the same key (`unique_key` or the `Idempotency-Key` header) answers
-/// 200 with that job and enqueues nothing. With the header, the job must also be the one
-/// this request asks for (same `type`, `payload`, `queue`, `priority`, `max_attempts`,
-/// `timeout_seconds` and `tags`); otherwise the answer is 409 `idempotency_key_reused`.
+/// A live job with the same key (`unique_key`, or else the `Idempotency-Key` header)
+/// answers 200 with that job and enqueues nothing. With the header, the job must also be
+/// the one this request asks for (same `type`, `payload`, `queue`, `priority`,
+/// `max_attempts`, `timeout_seconds` and `tags`); otherwise the answer is 409
+/// `idempotency_key_reused`.
 #[utoipa::path(post, path = "/jobs", tag = "jobs", request_body = EnqueueRequest,
     params(("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255,
         pattern = "^[!-~]([ -~]*[!-~])?$",
-        description = "Same as `unique_key`, and a retry of this same request answers 200 with its job; \
-            a different request with the key of a live job answers 409 `idempotency_key_reused`")),
+        description = "The key of this request, when the body has no `unique_key`: a retry of the same \
+            request answers 200 with the job the first one made; a different request with the key of a \
+            live job answers 409 `idempotency_key_reused`")),
     responses(
         (status = 202, description = "Enqueued", body = JobView),
         (status = 200, description = "An unfinished job with this unique key exists; nothing enqueued", body = JobView),
@@ -61,7 +64,9 @@ pub async fn enqueue(
     headers: HeaderMap,
     ApiJson(req): ApiJson<EnqueueRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let header_key = idempotency_key(&headers)?;
+    // The header is the key only when the body names none; then it also gets the check
+    // that a reused key comes with the same request.
+    let header_key = idempotency_key(&headers)?.filter(|_| req.unique_key.is_none());
     let job = req.into_new_job(header_key.clone())?;
     let inserted = client(&state, tenant)
         .enqueue_many(std::slice::from_ref(&job))
@@ -149,7 +154,7 @@ pub struct JobIdParam {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// One status or several, comma-separated: `status=QUEUED,RUNNING`.
-    #[param(schema_with = super::model::statuses_schema, style = Form, explode = false)]
+    #[param(value_type = Option<Vec<StatusName>>, style = Form, explode = false, min_items = 1)]
     status: Option<String>,
     /// The job type: 1–100 characters of `[A-Za-z0-9_.:-]`.
     #[serde(rename = "type")]
@@ -169,6 +174,7 @@ pub struct ListQuery {
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// `next_cursor` of the previous page.
+    #[param(pattern = "^[0-9]{1,17}_[0-9a-f]{32}$")]
     cursor: Option<String>,
 }
 
@@ -218,10 +224,7 @@ pub async fn list(
     }
     let cursor = match &q.cursor {
         None => None,
-        Some(c) => Some(
-            Cursor::decode(c)
-                .ok_or_else(|| ApiError::bad_request("invalid_field", "invalid `cursor`"))?,
-        ),
+        Some(c) => Some(decode_cursor(c)?),
     };
     let params = ListParams {
         statuses,
@@ -238,6 +241,22 @@ pub async fn list(
         jobs: page.jobs.into_iter().map(Into::into).collect(),
         next_cursor: page.next_cursor.map(|c| c.encode()),
     }))
+}
+
+/// A `next_cursor` as this server makes them: microseconds since 1970 (17 digits last
+/// until the year 5138) and a job id's 32 hex digits. Anything else is refused, not passed
+/// to the store: a time outside PostgreSQL's range would fail there as a database error.
+fn decode_cursor(c: &str) -> Result<Cursor, ApiError> {
+    let well_formed = c.split_once('_').is_some_and(|(micros, id)| {
+        (1..=17).contains(&micros.len())
+            && micros.bytes().all(|b| b.is_ascii_digit())
+            && id.len() == 32
+            && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    });
+    well_formed
+        .then(|| Cursor::decode(c))
+        .flatten()
+        .ok_or_else(|| ApiError::invalid("cursor", "pass back a `next_cursor` unchanged"))
 }
 
 /// Cancel a job: a queued one at once; a running one is asked to stop.

@@ -106,7 +106,8 @@ any request whose `Host` is not `localhost`, `127.0.0.1` or `[::1]` (any port), 
 first one made; the same key with a different request (`type`, `payload`, `queue`, \
 `priority`, `max_attempts`, `timeout_seconds` or `tags`) answers 409 `idempotency_key_reused` \
 while that job is unfinished. The body's `unique_key` only deduplicates: a live job with the \
-key answers 200, whatever the rest of the request.";
+key answers 200, whatever the rest of the request; a body with `unique_key` makes the header \
+ignored.";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -171,7 +172,9 @@ async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
 
 /// The OpenAPI document of every route [`router`] serves.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    documented().split_for_parts().1
+    let mut doc = documented().split_for_parts().1;
+    model::document_exclusive_fields(&mut doc);
+    doc
 }
 
 /// The Jobs API. Mount it at the root (existing clients call `/jobs`) or nest it.

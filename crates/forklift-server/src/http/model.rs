@@ -2,9 +2,13 @@
 //! wire format changes only on purpose.
 
 use chrono::{DateTime, Datelike, Utc};
-use forklift::{ErrorEntry, Job, JobStatus, NewJob};
+use forklift::{ErrorEntry, Job, NewJob};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{
+    AnyOfBuilder, ArrayBuilder, ObjectBuilder, Ref, Schema, SchemaType, Type,
+};
 
 use super::error::ApiError;
 use super::payload;
@@ -19,7 +23,7 @@ pub struct JobView {
     pub job_type: String,
     pub queue: String,
     /// QUEUED, RUNNING, SUCCESS, FAILED, PARTIAL_SUCCESS or CANCELLED.
-    #[schema(schema_with = status_schema)]
+    #[schema(value_type = StatusName)]
     pub status: String,
     pub priority: i16,
     pub progress: i16,
@@ -44,20 +48,19 @@ pub struct JobView {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
-/// A job's status: one of the library's statuses, so the two cannot drift apart.
-pub fn status_schema() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(JobStatus::ALL.iter().map(|s| s.as_str())))
-        .build()
-}
-
-/// One status or several (at least one), as in `status=QUEUED,RUNNING`.
-pub fn statuses_schema() -> utoipa::openapi::schema::Array {
-    utoipa::openapi::schema::ArrayBuilder::new()
-        .items(status_schema())
-        .min_items(Some(1))
-        .build()
+/// A job's status.
+// The library's `JobStatus` has no schema; tests/openapi.rs checks that the two list the
+// same statuses.
+#[derive(ToSchema)]
+#[schema(rename_all = "SCREAMING_SNAKE_CASE")]
+#[allow(dead_code)] // documents the statuses; never built
+pub enum StatusName {
+    Queued,
+    Running,
+    Success,
+    Failed,
+    PartialSuccess,
+    Cancelled,
 }
 
 /// One failed attempt or item.
@@ -125,17 +128,16 @@ pub struct EnqueueRequest {
     #[serde(rename = "type")]
     #[schema(example = "bulk_import", pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     pub job_type: String,
-    /// Any JSON value; default `{}`. Numbers keep the digits they were sent with, up to
-    /// 131072 before the decimal point and 16383 after it; strings and keys cannot hold
-    /// U+0000.
+    /// Default `{}`.
     #[serde(default)]
+    #[schema(value_type = Payload)]
     pub payload: Option<serde_json::Value>,
     /// 1–100 characters of `[A-Za-z0-9_.:-]`; default `default`.
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9_.:-]{1,100}$")]
     pub queue: Option<String>,
     /// 0–9, 0 runs first; default 5.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "payload::integral")]
     #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i16>,
     /// Not before this time (RFC 3339, years 0000–9999). Exclusive with `delay_seconds`.
@@ -146,15 +148,16 @@ pub struct EnqueueRequest {
     #[schema(minimum = 0, maximum = 315_360_000)]
     pub delay_seconds: Option<f64>,
     /// 1–1000; default 5.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "payload::integral")]
     #[schema(minimum = 1, maximum = 1000)]
     pub max_attempts: Option<i32>,
     /// 1–604800 (7 days); default none.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "payload::integral")]
     #[schema(minimum = 1, maximum = 604_800)]
     pub timeout_seconds: Option<i32>,
     /// 1–255 characters, not U+0000. At most one unfinished job per tenant has it: a
-    /// request with the key of such a job answers 200 with that job.
+    /// request with the key of such a job answers 200 with that job, whatever else it
+    /// asks. When given, the `Idempotency-Key` header is ignored.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 255, pattern = "^[^\\u0000]*$")]
     pub unique_key: Option<String>,
@@ -168,9 +171,44 @@ pub struct EnqueueRequest {
     pub tags: Option<Vec<String>>,
 }
 
+/// A job's payload as the document describes it: any JSON value both stores can hold.
+/// (The field itself is a `serde_json::Value`, checked by [`payload::check`].)
+pub struct Payload;
+
+impl utoipa::PartialSchema for Payload {
+    fn schema() -> RefOr<Schema> {
+        let itself = || Ref::from_schema_name("Payload");
+        let no_nul = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^[^\\u0000]*$"))
+        };
+        AnyOfBuilder::new()
+            .description(Some(
+                "Any JSON value. Numbers keep the digits they were sent with, up to 131072 before \
+                 the decimal point and 16383 after it; strings and keys cannot hold U+0000.",
+            ))
+            .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([
+                Type::Null,
+                Type::Boolean,
+                Type::Number,
+            ])))
+            .item(no_nul())
+            .item(ArrayBuilder::new().items(itself()))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .property_names(Some(no_nul()))
+                    .additional_properties(Some(itself())),
+            )
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Payload {}
+
 /// utoipa has no attribute for the items of a `Vec<String>` field.
 fn tags_schema() -> utoipa::openapi::schema::Array {
-    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
     ArrayBuilder::new()
         .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
         .description(Some("At most 20 tags of 1–100 characters, not U+0000."))
@@ -183,6 +221,24 @@ fn tags_schema() -> utoipa::openapi::schema::Array {
                 .pattern(Some("^[^\\u0000]*$")),
         )
         .build()
+}
+
+/// Says in the document that `run_at` and `delay_seconds` exclude each other: JSON
+/// Schema's `not`, which utoipa's schema type lacks, so it goes in through the extensions
+/// map (serialized flat into the schema object, under any key).
+pub fn document_exclusive_fields(doc: &mut utoipa::openapi::OpenApi) {
+    let schemas = doc.components.as_mut().map(|c| &mut c.schemas);
+    if let Some(RefOr::T(Schema::Object(request))) =
+        schemas.and_then(|s| s.get_mut("EnqueueRequest"))
+    {
+        request.extensions.get_or_insert_default().insert(
+            "not".into(),
+            serde_json::json!({
+                "required": ["run_at", "delay_seconds"],
+                "properties": {"run_at": {"type": "string"}, "delay_seconds": {"type": "number"}}
+            }),
+        );
+    }
 }
 
 impl EnqueueRequest {
@@ -220,15 +276,7 @@ impl EnqueueRequest {
             job.max_attempts = m;
         }
         job.timeout_seconds = self.timeout_seconds;
-        job.unique_key = match (self.unique_key, idempotency_key) {
-            (Some(body), Some(header)) if body != header => {
-                return Err(ApiError::invalid(
-                    "unique_key",
-                    "differs from the `Idempotency-Key` header; send one of them, or the same value in both",
-                ));
-            }
-            (body, header) => body.or(header),
-        };
+        job.unique_key = self.unique_key.or(idempotency_key);
         job.tags = self.tags.unwrap_or_default();
         if job.unique_key.as_deref().is_some_and(has_nul) {
             return Err(ApiError::invalid("unique_key", "cannot hold U+0000"));

@@ -69,6 +69,27 @@ pub fn same(a: &Value, b: &Value) -> bool {
     }
 }
 
+/// Reads an optional integer field. JSON does not tell `1` from `1.0`, and JSON Schema's
+/// `integer` admits both, so an integral number in any spelling is that integer; a
+/// fraction, or an integer out of `T`'s range, is refused.
+pub fn integral<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64>,
+{
+    use serde::Deserialize;
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(deserializer)? else {
+        return Ok(None);
+    };
+    let whole = Decimal::parse(n.as_str())
+        .to_i64()
+        .ok_or_else(|| D::Error::custom(format!("{n} is not an integer")))?;
+    T::try_from(whole)
+        .map(Some)
+        .map_err(|_| D::Error::custom(format!("{n} is out of range")))
+}
+
 /// A JSON number's text taken apart: `0.<significant> × 10^point`, and the digits after
 /// the decimal point as written (what PostgreSQL keeps as the number's scale).
 #[derive(Debug, PartialEq)]
@@ -108,6 +129,21 @@ impl Decimal {
             point: (int.len() as i64 - leading as i64).saturating_add(exponent),
             scale: (frac.len() as i64).saturating_sub(exponent).max(0),
         }
+    }
+
+    /// The integer this number is, if it is one that fits an i64: `3`, `3.0` and `30e-1`
+    /// all are 3.
+    fn to_i64(&self) -> Option<i64> {
+        if self.significant.is_empty() {
+            return Some(0);
+        }
+        let len = self.significant.len() as i64;
+        if self.point < len || self.point > 19 {
+            return None; // a fraction, or more digits than any i64
+        }
+        let zeros = "0".repeat((self.point - len) as usize);
+        let sign = if self.negative { "-" } else { "" };
+        format!("{sign}{}{zeros}", self.significant).parse().ok()
     }
 
     fn integer_digits(&self) -> i64 {
@@ -201,6 +237,36 @@ mod tests {
             "1e99999999999999999999",
         ] {
             assert!(check(&parsed(&format!("[{bad}]"))).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn integral_numbers_in_any_spelling_are_integers() {
+        #[derive(serde::Deserialize)]
+        struct Field {
+            #[serde(default, deserialize_with = "integral")]
+            n: Option<i16>,
+        }
+        let read = |text: &str| serde_json::from_str::<Field>(text).map(|f| f.n);
+        for (text, n) in [
+            ("3", 3),
+            ("3.0", 3),
+            ("30e-1", 3),
+            ("-2", -2),
+            ("0.0", 0),
+            ("1E2", 100),
+            ("-0", 0),
+        ] {
+            assert_eq!(
+                read(&format!(r#"{{"n": {text}}}"#)).unwrap(),
+                Some(n),
+                "{text}"
+            );
+        }
+        assert_eq!(read(r#"{"n": null}"#).unwrap(), None);
+        assert_eq!(read("{}").unwrap(), None);
+        for bad in ["3.5", "1e-1", "40000", "1e400", "\"3\"", "true"] {
+            assert!(read(&format!(r#"{{"n": {bad}}}"#)).is_err(), "{bad}");
         }
     }
 

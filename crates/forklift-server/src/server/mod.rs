@@ -9,13 +9,15 @@
 //!   keep-alive connections left idle that long (hyper runs one timer for both: it starts
 //!   whenever the connection waits for the next request);
 //! - graceful shutdown: when `shutdown` fires, listening stops, idle connections close and
-//!   requests in flight finish.
+//!   requests in flight finish;
+//! - after a flood has closed, its memory is given back to the OS ([`trim`]).
 //!
 //! The request body's deadline is the router's ([`crate::ApiConfig::body_timeout`]): only
 //! the handler knows when it reads a body. The router stays mountable in another app; this
 //! loop is only how the `forklift` binary (and the tests) serve it.
 
 pub mod nofile;
+mod trim;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,6 +73,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    tokio::spawn(trim::after_floods(
+        slots.clone(),
+        config.max_connections,
+        shutdown.clone(),
+    ));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -125,7 +132,8 @@ async fn accept_failed(e: std::io::Error) {
 }
 
 /// Turns away connections over the cap, and says so in the log at most every 10 s (a
-/// flood would otherwise write a line per connection).
+/// flood would otherwise write a line per connection); the metric
+/// `forklift_http_connections_refused_total` counts every one.
 #[derive(Default)]
 struct Refusals {
     since_warned: u64,
@@ -145,7 +153,7 @@ impl Refusals {
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(10))
         {
             tracing::warn!(
-                refused = self.since_warned,
+                refused_since_last_warning = self.since_warned,
                 max_connections = cap,
                 "connections refused: the server is at its connection limit (--max-connections)"
             );
