@@ -44,12 +44,14 @@ check_store() {
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     key=$(DATABASE_URL=$url "$forklift" tenant create schemathesis --json 2>/dev/null |
         python3 -c 'import json, sys; print(json.load(sys.stdin)["api_key"])')
-    DATABASE_URL=$url "$forklift" serve --listen "127.0.0.1:$port" --no-workers --rate-limit 0 \
+    # The tenant's key doubles as the metrics token, so that the one Authorization header
+    # Schemathesis sends opens /metrics as well.
+    DATABASE_URL=$url FORKLIFT_METRICS_TOKEN=$key "$forklift" serve --listen "127.0.0.1:$port" --no-workers --rate-limit 0 \
         >"$work/$name.log" 2>&1 &
     server_pid=$!
     echo "== Schemathesis on $name"
     # From the scratch folder: Schemathesis leaves its cache (.schemathesis/) where it runs.
-    if ! (cd "$work" && "$venv/bin/st" --config-file "$repo/crates/forklift-server/tests/schemathesis.toml" \
+    if ! (cd "$work" && PYTHONPATH="$repo/crates/forklift-server/tests" SCHEMATHESIS_HOOKS=schemathesis_hooks "$venv/bin/st" --config-file "$repo/crates/forklift-server/tests/schemathesis.toml" \
         run "http://127.0.0.1:$port/openapi.json" --wait-for-schema 20 \
         -H "Authorization: Bearer $key" --checks all \
         --max-examples "${SCHEMATHESIS_EXAMPLES:-100}" --seed "${SCHEMATHESIS_SEED:-1}"); then

@@ -144,13 +144,14 @@ impl NewJob {
         {
             return Err(Error::invalid("delay_seconds", "must be at most 10 years"));
         }
-        if let Some(at) = self.run_at
-            && at > Utc::now() + MAX_DELAY
-        {
-            return Err(Error::invalid(
-                "run_at",
-                "must be at most 10 years from now",
-            ));
+        if let Some(at) = self.run_at {
+            check_year("run_at", &at)?;
+            if at > Utc::now() + MAX_DELAY {
+                return Err(Error::invalid(
+                    "run_at",
+                    "must be at most 10 years from now",
+                ));
+            }
         }
         if let Some(key) = &self.unique_key {
             if key.is_empty() || key.chars().count() > 255 {
@@ -183,6 +184,17 @@ impl NewJob {
     }
 }
 
+/// Refuses a time whose year is outside 0000–9999: RFC 3339 has four-digit years, and
+/// PostgreSQL keeps nothing before 4713 BC, so an earlier one would fail there (and not on
+/// SQLite) instead of here.
+pub fn check_year(field: &str, at: &DateTime<Utc>) -> Result<()> {
+    use chrono::Datelike;
+    if !(0..=9999).contains(&at.year()) {
+        return Err(Error::invalid(field, "the year must be from 0000 to 9999"));
+    }
+    Ok(())
+}
+
 /// Refuses a string that a store cannot keep: PostgreSQL's `text` and `jsonb` refuse the
 /// NUL character. One check for both stores, so that they accept the same values.
 pub fn check_text(field: &str, value: &str) -> Result<()> {
@@ -200,6 +212,21 @@ pub fn check_text(field: &str, value: &str) -> Result<()> {
 /// `numeric` refuses some of them and SQLite keeps them: refused, so both stores agree.
 const MAX_NUMBER_CHARS: usize = 100;
 
+/// Whether both stores keep `n` as sent: at most [`MAX_NUMBER_CHARS`], and within a
+/// double's range, neither overflowing it nor underflowing to 0 (PostgreSQL's `numeric`
+/// refuses `1e-16384`, which SQLite would keep as text).
+fn storable_number(n: &serde_json::Number) -> bool {
+    let text = n.to_string();
+    let Some(value) = n.as_f64().filter(|f| f.is_finite()) else {
+        return false;
+    };
+    let mantissa = text.split(['e', 'E']).next().unwrap_or_default();
+    let written_zero = mantissa
+        .bytes()
+        .all(|b| matches!(b, b'0' | b'.' | b'-' | b'+'));
+    text.len() <= MAX_NUMBER_CHARS && (value != 0.0 || written_zero)
+}
+
 /// [`check_text`] over every key and string of a JSON value; numbers must be finite and
 /// at most 100 characters long.
 pub fn check_json(field: &str, value: &serde_json::Value) -> Result<()> {
@@ -216,11 +243,10 @@ pub fn check_json(field: &str, value: &serde_json::Value) -> Result<()> {
                 }
             }
             Value::Number(n) => {
-                let finite = n.as_f64().is_some_and(f64::is_finite);
-                if !finite || n.to_string().len() > MAX_NUMBER_CHARS {
+                if !storable_number(n) {
                     return Err(Error::invalid(
                         field,
-                        "numbers must be finite and at most 100 characters long",
+                        "numbers must be at most 100 characters, within a double's range",
                     ));
                 }
             }
@@ -288,15 +314,15 @@ mod tests {
     #[test]
     fn numbers_past_any_store_are_refused_and_ordinary_ones_kept() {
         assert!(check_json("payload", &json!([1, -2.5, 1e308, u64::MAX, i64::MIN])).is_ok());
+        for zero in ["0", "-0", "0.0", "0e5", "0.000e-3"] {
+            let v: serde_json::Value = serde_json::from_str(zero).unwrap();
+            assert!(check_json("payload", &v).is_ok(), "{zero}");
+        }
         let long = format!("1{}", "0".repeat(120));
-        for text in ["1e400", long.as_str()] {
-            // Kept as sent only with serde_json's arbitrary precision; without it, the first
-            // does not parse and the second becomes the float 1e120.
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(text)
-                && v.to_string().len() > 100
-            {
-                assert!(check_json("payload", &v).is_err(), "{text}");
-            }
+        for text in ["1e400", "1e-16384", "-1e-400", long.as_str()] {
+            // Numbers are kept as sent (serde_json's arbitrary precision is on).
+            let v: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert!(check_json("payload", &v).is_err(), "{text}");
         }
     }
 

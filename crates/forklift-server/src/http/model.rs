@@ -1,7 +1,7 @@
 //! The API's JSON shapes (SPEC §3 and §5), kept apart from the library's types so the
 //! wire format changes only on purpose.
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::{DateTime, Utc};
 use forklift::{ErrorEntry, Job, NewJob};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -140,7 +140,9 @@ pub struct EnqueueRequest {
     #[serde(default, deserialize_with = "payload::integral")]
     #[schema(minimum = 0, maximum = 9)]
     pub priority: Option<i16>,
-    /// Not before this time (RFC 3339, years 0000–9999). Exclusive with `delay_seconds`.
+    /// Not before this time (RFC 3339), at most 10 years from now; a time in the past
+    /// means now (it does not put the job ahead of jobs already due). Exclusive with
+    /// `delay_seconds`.
     #[serde(default)]
     pub run_at: Option<DateTime<Utc>>,
     /// Not before this many seconds from now: 0 to 10 years (315360000).
@@ -185,8 +187,8 @@ impl utoipa::PartialSchema for Payload {
         };
         AnyOfBuilder::new()
             .description(Some(
-                "Any JSON value. Numbers keep the digits they were sent with, up to 131072 before \
-                 the decimal point and 16383 after it; strings and keys cannot hold U+0000.",
+                "Any JSON value. Numbers keep the digits they were sent with, up to 100 characters \
+                 and within a double's range; strings and keys cannot hold U+0000.",
             ))
             .item(ObjectBuilder::new().schema_type(SchemaType::from_iter([
                 Type::Null,
@@ -255,15 +257,11 @@ impl EnqueueRequest {
             self.job_type,
             self.payload.unwrap_or_else(|| serde_json::json!({})),
         );
-        payload::check(&job.payload)?;
         if let Some(q) = self.queue {
             job.queue = q;
         }
         if let Some(p) = self.priority {
             job.priority = p;
-        }
-        if let Some(at) = self.run_at {
-            check_timestamp("run_at", &at)?;
         }
         job.run_at = self.run_at;
         if let Some(d) = self.delay_seconds {
@@ -278,32 +276,9 @@ impl EnqueueRequest {
         job.timeout_seconds = self.timeout_seconds;
         job.unique_key = self.unique_key.or(idempotency_key);
         job.tags = self.tags.unwrap_or_default();
-        if job.unique_key.as_deref().is_some_and(has_nul) {
-            return Err(ApiError::invalid("unique_key", "cannot hold U+0000"));
-        }
-        if job.tags.iter().any(|t| has_nul(t)) {
-            return Err(ApiError::invalid("tags", "cannot hold U+0000"));
-        }
         job.validate()?;
         Ok(job)
     }
-}
-
-/// PostgreSQL's text cannot hold U+0000; refusing it keeps the stores alike.
-pub fn has_nul(s: &str) -> bool {
-    s.contains('\0')
-}
-
-/// Timestamps are RFC 3339, whose years have four digits; PostgreSQL holds nothing
-/// before 4713 BC, so an earlier one would fail in the database instead of here.
-pub fn check_timestamp(field: &str, at: &DateTime<Utc>) -> Result<(), ApiError> {
-    if !(0..=9999).contains(&at.year()) {
-        return Err(ApiError::invalid(
-            field,
-            "the year must be from 0000 to 9999",
-        ));
-    }
-    Ok(())
 }
 
 /// The body of `POST /jobs/batch`.

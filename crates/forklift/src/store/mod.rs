@@ -219,16 +219,27 @@ pub struct ListParams {
 impl ListParams {
     /// Checks the filters and brings them into the range both stores can compare: the
     /// same answer from PostgreSQL and SQLite for any input, and never a database error.
-    /// A time filter outside the years 1970–9999 selects what the nearer end would (no job
-    /// was created outside them); a string with a NUL character is refused.
+    /// A type or queue must be a possible name, a tag 1–100 characters without NUL, a
+    /// time filter's year 0000–9999 (one before 1970 selects what 1970 would: no job is
+    /// older).
     pub fn validated(&self) -> Result<ListParams> {
-        for (field, value) in [
-            ("type", &self.job_type),
-            ("queue", &self.queue),
-            ("tag", &self.tag),
-        ] {
+        for (field, value) in [("type", &self.job_type), ("queue", &self.queue)] {
             if let Some(v) = value {
-                crate::new_job::check_text(field, v)?;
+                crate::new_job::check_name(field, v)?;
+            }
+        }
+        if let Some(tag) = &self.tag {
+            if tag.is_empty() || tag.chars().count() > 100 {
+                return Err(Error::invalid("tag", "must be 1 to 100 characters"));
+            }
+            crate::new_job::check_text("tag", tag)?;
+        }
+        for (field, value) in [
+            ("created_after", &self.created_after),
+            ("created_before", &self.created_before),
+        ] {
+            if let Some(at) = value {
+                crate::new_job::check_year(field, at)?;
             }
         }
         Ok(ListParams {
@@ -270,9 +281,18 @@ impl Cursor {
         )
     }
 
-    /// Reads a token made by [`Cursor::encode`]; a time no job can have is not one.
+    /// Reads a token made by [`Cursor::encode`], and nothing else: decimal microseconds
+    /// (at most 17 digits, a time no job can be older or newer than is not one) and 32
+    /// lowercase hex digits.
     pub fn decode(s: &str) -> Option<Cursor> {
         let (micros, hex) = s.split_once('_')?;
+        let well_formed = (1..=17).contains(&micros.len())
+            && micros.bytes().all(|b| b.is_ascii_digit())
+            && hex.len() == 32
+            && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !well_formed {
+            return None;
+        }
         let created_at = DateTime::from_timestamp_micros(micros.parse().ok()?)?;
         let (min, max) = stored_range();
         if !(min..=max).contains(&created_at) {

@@ -168,9 +168,15 @@ pub async fn a_dropped_worker_stops_fetching_and_releases_its_jobs(h: Harness) {
 
 /// Counts how many of its jobs run at once, and the most there ever were.
 #[derive(Clone, Default)]
-struct Gauge {
+pub struct Gauge {
     now: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
+}
+
+impl Gauge {
+    pub fn most(&self) -> usize {
+        self.most.load(Ordering::SeqCst)
+    }
 }
 
 impl Handler for Gauge {
@@ -218,7 +224,7 @@ pub async fn per_type_concurrency_is_per_process_across_queues(h: Harness) {
     for id in ids {
         wait_status(&client, id, JobStatus::Success).await;
     }
-    assert_eq!(gauge.most.load(Ordering::SeqCst), 1);
+    assert_eq!(gauge.most(), 1);
     worker.shutdown().await;
 }
 
