@@ -46,6 +46,29 @@ impl Default for MaintenanceConfig {
     }
 }
 
+impl MaintenanceConfig {
+    /// The settings as the services use them: intervals from 1 ms to
+    /// [`MAX_DELAY`](crate::new_job::MAX_DELAY), retention at most that, a jitter in 0–1.
+    pub fn normalized(&self) -> MaintenanceConfig {
+        use crate::runtime::bounded;
+        let jitter = self.rescue_backoff.jitter;
+        MaintenanceConfig {
+            leader_ttl: bounded(self.leader_ttl),
+            rescue_interval: bounded(self.rescue_interval),
+            rescue_backoff: Backoff {
+                jitter: if jitter.is_nan() {
+                    0.0
+                } else {
+                    jitter.clamp(0.0, 1.0)
+                },
+                ..self.rescue_backoff
+            },
+            retention: self.retention.map(bounded),
+            prune_interval: bounded(self.prune_interval),
+        }
+    }
+}
+
 /// Runs the leader's services while this process is the leader.
 pub struct Maintainer {
     elector: Elector,
@@ -56,6 +79,7 @@ pub struct Maintainer {
 
 impl Maintainer {
     pub fn new(store: Arc<dyn Store>, leader_id: String, config: MaintenanceConfig) -> Self {
+        let config = config.normalized();
         Maintainer {
             elector: Elector::new(store.clone(), "maintenance", leader_id, config.leader_ttl),
             rescuer: Rescuer::new(store.clone(), config.rescue_backoff),

@@ -81,6 +81,21 @@ impl Keeper {
 
     async fn heartbeat(&self) {
         let leases = self.running.leases();
+        if leases.is_empty() {
+            // Nothing to renew, so nothing to learn from a renewal: while renewals were
+            // failing, ask the database whether it answers before taking jobs again.
+            if self.running.renewals_failing() {
+                let probe = tokio::time::timeout(self.heartbeat_interval, self.store.ping());
+                if let Ok(Ok(())) = probe.await
+                    && self.running.set_renewals_failing(false)
+                {
+                    tracing::info!("the database answers again; taking new jobs");
+                    self.queues.iter().for_each(|q| q.poke());
+                }
+            }
+            *self.last_renewed.lock().unwrap() = Instant::now();
+            return;
+        }
         let started = Instant::now();
         let last_renewed = *self.last_renewed.lock().unwrap();
         // Wait for the answer until our leases can lapse; once they may have, give each

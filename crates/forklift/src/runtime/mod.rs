@@ -21,6 +21,7 @@ use self::keeper::Keeper;
 use self::producer::{QueueState, Shared};
 use self::running::Running;
 use crate::maintenance::{Maintainer, MaintenanceConfig};
+use crate::new_job::MAX_DELAY;
 use crate::store::{Lease, Store};
 use crate::worker::{CancelReason, Registry};
 
@@ -85,6 +86,36 @@ impl Default for WorkerConfig {
     }
 }
 
+impl WorkerConfig {
+    /// The settings as the runtime uses them: every interval at least 1 ms (a zero one
+    /// would panic) and at most [`MAX_DELAY`] (a longer one would overflow a database
+    /// interval or an `Instant`), NUL characters (which PostgreSQL cannot store) in the id
+    /// and queue names replaced, and the maintenance settings likewise.
+    pub fn normalized(&self) -> WorkerConfig {
+        let scrub = |s: &str| s.replace('\0', "\u{FFFD}");
+        WorkerConfig {
+            id: scrub(&self.id),
+            queues: self
+                .queues
+                .iter()
+                .map(|q| QueueConfig::new(scrub(&q.name), q.concurrency))
+                .collect(),
+            poll_interval: bounded(self.poll_interval),
+            lease_ttl: bounded(self.lease_ttl),
+            heartbeat_interval: bounded(self.heartbeat_interval),
+            progress_interval: bounded(self.progress_interval),
+            shutdown_grace: self.shutdown_grace.min(MAX_DELAY),
+            maintenance: self.maintenance.as_ref().map(MaintenanceConfig::normalized),
+            ..self.clone()
+        }
+    }
+}
+
+/// A duration from 1 ms to [`MAX_DELAY`].
+pub(crate) fn bounded(d: Duration) -> Duration {
+    d.clamp(Duration::from_millis(1), MAX_DELAY)
+}
+
 fn default_worker_id() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
@@ -103,11 +134,14 @@ fn default_worker_id() -> String {
 
 /// A running worker. Call [`Worker::shutdown`] to stop it gracefully. Dropping it stops
 /// it too, without a grace period: fetching stops at once, running handlers are asked to
-/// stop, and their jobs are released (in a task on the current runtime; if there is none,
-/// or it stops first, their leases lapse and the rescuer puts them back).
+/// stop, and their jobs are released (in a task on the runtime it was started on; if that
+/// runtime stops first, their leases lapse and the rescuer puts them back).
+#[must_use = "dropping a Worker stops it"]
 pub struct Worker {
     parts: Option<Parts>,
     grace: Duration,
+    /// The runtime it was started on, where a drop releases its jobs.
+    runtime: tokio::runtime::Handle,
 }
 
 /// What a running worker is made of, taken out by shutdown or drop.
@@ -125,8 +159,14 @@ impl Worker {
     /// Starts fetching and running jobs of the registry's types. Must be called inside a
     /// Tokio runtime. Migrations are the caller's (`store.migrate()`), done once at start-up.
     pub fn start(store: Arc<dyn Store>, registry: Registry, config: WorkerConfig) -> Worker {
+        let config = config.normalized();
         let (tx, rx) = mpsc::unbounded_channel();
         let completer = tokio::spawn(completer::run(store.clone(), rx));
+        let queues: Vec<Arc<QueueState>> = config
+            .queues
+            .iter()
+            .map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1)))
+            .collect();
         let shared = Arc::new(Shared {
             store: store.clone(),
             handlers: registry
@@ -136,6 +176,7 @@ impl Worker {
                 .collect::<HashMap<_, _>>(),
             running: Arc::new(Running::default()),
             per_type: Mutex::default(),
+            queues: queues.clone(),
             completions: tx,
             tasks: TaskTracker::new(),
             worker_id: config.id.clone(),
@@ -147,11 +188,6 @@ impl Worker {
         types.sort();
         let queue_names: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
         crate::metric_labels::admit_worker(&types, &queue_names);
-        let queues: Vec<Arc<QueueState>> = config
-            .queues
-            .iter()
-            .map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1)))
-            .collect();
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let keeper = Arc::new(Keeper {
@@ -199,6 +235,7 @@ impl Worker {
                 maintainer,
             }),
             grace: config.shutdown_grace,
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -223,18 +260,9 @@ impl Drop for Worker {
             return; // shut down already
         };
         parts.stop_fetching.cancel();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(parts.shutdown(Duration::ZERO));
-            }
-            Err(_) => {
-                // No runtime to release the jobs on: stop everything; the leases lapse.
-                parts.stop_background.cancel();
-                parts.shared.running.cancel_all(CancelReason::Shutdown);
-                parts.shared.running.abort_all();
-                parts.producers.iter().for_each(JoinHandle::abort);
-            }
-        }
+        // On the runtime it started on; if that is shutting down, the task does not run
+        // and the leases lapse (the rescuer puts the jobs back).
+        self.runtime.spawn(parts.shutdown(Duration::ZERO));
     }
 }
 
@@ -286,5 +314,49 @@ impl Parts {
             m.resign().await;
         }
         tracing::info!("worker stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_past_what_the_runtime_can_hold_are_brought_within_it() {
+        let wild = WorkerConfig {
+            id: "w\0".into(),
+            queues: vec![QueueConfig::new("q\0", 1)],
+            poll_interval: Duration::ZERO,
+            lease_ttl: Duration::MAX,
+            heartbeat_interval: Duration::ZERO,
+            progress_interval: Duration::MAX,
+            shutdown_grace: Duration::MAX,
+            maintenance: Some(MaintenanceConfig {
+                leader_ttl: Duration::MAX,
+                rescue_interval: Duration::ZERO,
+                rescue_backoff: crate::retry::Backoff {
+                    jitter: f64::NAN,
+                    ..Default::default()
+                },
+                retention: Some(Duration::MAX),
+                prune_interval: Duration::ZERO,
+            }),
+            ..WorkerConfig::default()
+        };
+        let n = wild.normalized();
+        assert_eq!(
+            (n.id.as_str(), n.queues[0].name.as_str()),
+            ("w\u{FFFD}", "q\u{FFFD}")
+        );
+        assert_eq!(n.poll_interval, Duration::from_millis(1));
+        assert_eq!((n.lease_ttl, n.shutdown_grace), (MAX_DELAY, MAX_DELAY));
+        let m = n.maintenance.unwrap();
+        assert_eq!((m.leader_ttl, m.retention), (MAX_DELAY, Some(MAX_DELAY)));
+        assert_eq!(m.rescue_interval, Duration::from_millis(1));
+        assert_eq!(m.rescue_backoff.jitter, 0.0);
+        assert_eq!(
+            WorkerConfig::default().normalized().lease_ttl,
+            Duration::from_secs(30)
+        );
     }
 }

@@ -2,15 +2,17 @@
 //! woken (a wake-up, a freed slot when more may be waiting, or the poll interval).
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::executor::{After, decide, run_attempt};
+use super::executor::{After, Ending, decide, run_attempt};
 use super::running::Running;
 use crate::metric_labels::job_labels;
 use crate::store::{Completion, FetchParams, Lease, LeasedJob, Store};
@@ -51,6 +53,9 @@ pub(crate) struct Shared {
     /// Jobs of each type with a concurrency limit running (or being fetched) in this
     /// process, across all its queues: the limit is per process, whatever the queue.
     pub per_type: Mutex<HashMap<String, usize>>,
+    /// Every queue's state: room a limited type frees in one queue may be what another
+    /// queue's producer waits for.
+    pub queues: Vec<Arc<QueueState>>,
     pub completions: mpsc::UnboundedSender<Completion>,
     pub tasks: TaskTracker,
     pub worker_id: String,
@@ -217,16 +222,27 @@ fn start_all(
         shared.running.insert(lease, ctx.clone());
         let (shared2, queue2) = (shared.clone(), queue.clone());
         let handle = shared.tasks.spawn(async move {
-            let ending = run_attempt(&*reg.handler, &ctx, timeout).await;
-            let after = decide(
-                ctx.job(),
-                lease,
-                ending,
-                ctx.cancel_reason(),
-                &reg.options.backoff,
-                ctx.take_result(),
-                Some(ctx.latest_progress()),
-            );
+            // The handler runs under its own panic guard; this one catches the rest (a
+            // handler future whose drop panics at its timeout): a panic here would leave the
+            // job in the running set, renewed for ever, and its per-type room taken.
+            let ending = AssertUnwindSafe(run_attempt(&*reg.handler, &ctx, timeout))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Ending::Panicked("the handler's future panicked when dropped".into())
+                });
+            let after = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                decide(
+                    ctx.job(),
+                    lease,
+                    ending,
+                    ctx.cancel_reason(),
+                    &reg.options.backoff,
+                    ctx.take_result(),
+                    Some(ctx.latest_progress()),
+                )
+            }))
+            .unwrap_or_else(|_| After::Complete(internal_failure(ctx.job(), lease)));
             finish(&shared2, &queue2, &ctx, after, permit);
         });
         shared
@@ -237,9 +253,36 @@ fn start_all(
     drop(permits);
 }
 
+/// The end of an attempt whose outcome could not be decided (a bug in the runtime, caught
+/// rather than leaving the job running for ever): failed, retryable.
+fn internal_failure(job: &crate::job::Job, lease: Lease) -> Completion {
+    let retry = job.attempt < job.max_attempts;
+    Completion {
+        lease,
+        attempt: job.attempt,
+        status: if retry {
+            crate::job::JobStatus::Queued
+        } else {
+            crate::job::JobStatus::Failed
+        },
+        result: None,
+        result_url: None,
+        errors: vec![crate::job::ErrorEntry {
+            message: "the worker failed while ending this attempt".into(),
+            code: "internal_error".into(),
+            attempt: job.attempt,
+            at: chrono::Utc::now(),
+            details: serde_json::Value::Null,
+        }],
+        retry_in: Duration::from_secs(1),
+        give_attempt_back: false,
+        progress: None,
+    }
+}
+
 fn finish(
     shared: &Shared,
-    queue: &QueueState,
+    queue: &Arc<QueueState>,
     ctx: &JobContext,
     after: After,
     permit: OwnedSemaphorePermit,
@@ -278,7 +321,18 @@ fn finish(
     }
     shared.unreserve(&job.job_type, 1);
     drop(permit);
-    if queue.maybe_more.load(Ordering::Acquire) {
-        queue.wake.notify_one();
+    let limited = shared
+        .handlers
+        .get(&job.job_type)
+        .is_some_and(|r| r.options.concurrency.is_some());
+    let waiting: &[Arc<QueueState>] = if limited {
+        &shared.queues
+    } else {
+        std::slice::from_ref(queue)
+    };
+    for q in waiting {
+        if q.maybe_more.load(Ordering::Acquire) {
+            q.wake.notify_one();
+        }
     }
 }

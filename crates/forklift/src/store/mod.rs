@@ -378,9 +378,9 @@ impl Completion {
     /// What is written instead when the database refused this completion (a value it
     /// cannot store that [`storable`] did not catch): the job fails, with the reason,
     /// rather than blocking the completions written with it or running again for nothing.
-    pub fn unstorable(&self, refusal: &Error) -> Completion {
+    pub fn unstorable(&self, refusal: impl std::fmt::Display) -> Completion {
         let message = format!(
-            "the attempt ended ({}) but the database refused to store its outcome: {refusal}",
+            "the attempt ended ({}) but its outcome cannot be stored: {refusal}",
             self.status
         );
         Completion {
