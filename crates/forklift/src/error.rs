@@ -55,10 +55,12 @@ impl Error {
             return false;
         };
         if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-            // Extended result codes: the primary code is the low byte. TOOBIG, CONSTRAINT
-            // (a CHECK, such as a JSON column's `json_valid`) and MISMATCH.
-            let primary = code.parse::<i32>().map(|c| c & 0xff).unwrap_or(0);
-            return matches!(primary, 18..=20);
+            // Extended result codes: TOOBIG (18), MISMATCH (20), and of the constraint
+            // errors those about a value: CHECK (275, such as a JSON column's
+            // `json_valid`), NOTNULL (1299), TRIGGER (1811, a trigger's RAISE) and
+            // DATATYPE (3091). Not UNIQUE or a key: those are about other rows.
+            let code = code.parse::<i32>().unwrap_or(0);
+            return matches!(code & 0xff, 18 | 20) || matches!(code, 275 | 1299 | 1811 | 3091);
         }
         code.starts_with("22") || code == "23514" || code.starts_with("54")
     }
