@@ -94,21 +94,21 @@ pub struct ServeArgs {
     /// /metrics is served only under --dev.
     #[arg(long, env = "FORKLIFT_METRICS_TOKEN", hide_env_values = true)]
     pub metrics_token: Option<String>,
-    /// Seconds a request's body may take to arrive in full; a slower one gets 408.
+    /// Seconds a request's body may take to arrive in full (1 to 86400); a slower one gets 408.
     #[arg(long, env = "FORKLIFT_BODY_TIMEOUT_SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub body_timeout_seconds: u64,
     /// Seconds a connection may take to send a request's headers, counted from when it
     /// opens or from its previous response: also how long an idle keep-alive connection
     /// stays open. Behind a load balancer that reuses connections, set it above the
-    /// balancer's idle timeout.
+    /// balancer's idle timeout. 1 to 86400.
     #[arg(long, env = "FORKLIFT_HEADER_TIMEOUT_SECONDS", default_value_t = 30,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub header_timeout_seconds: u64,
     /// Connections open at once; one more is answered 503 and closed at once. Lowered,
-    /// with a warning, when the open-files limit cannot hold it.
+    /// with a warning, when the open-files limit cannot hold it. At most 1,000,000.
     #[arg(long, env = "FORKLIFT_MAX_CONNECTIONS", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..))]
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_connections: u64,
     /// Serve the API only: run no workers in this process.
     #[arg(long, env = "FORKLIFT_NO_WORKERS")]

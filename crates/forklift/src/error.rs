@@ -41,10 +41,10 @@ impl Error {
         )
     }
 
-    /// The database refused a value it was given: PostgreSQL's data exceptions (SQLSTATE
-    /// class 22: a character or a time it cannot store, a number out of range), check
-    /// violations (23514) and program limits (class 54); SQLite's too-big, constraint,
-    /// mismatch and range errors.
+    /// The database refused a value it was given, alike on both stores: data exceptions
+    /// (PostgreSQL's SQLSTATE class 22: a character or a time it cannot store, a number out
+    /// of range; SQLite's TOOBIG and MISMATCH), NOT NULL and CHECK violations, a trigger's
+    /// refusal, and PostgreSQL's program limits (class 54).
     /// Sending the same value again fails again, so it is the caller's error (a 400), not
     /// the database's.
     pub fn is_refused_value(&self) -> bool {
@@ -62,7 +62,11 @@ impl Error {
             let code = code.parse::<i32>().unwrap_or(0);
             return matches!(code & 0xff, 18 | 20) || matches!(code, 275 | 1299 | 1811 | 3091);
         }
-        code.starts_with("22") || code == "23514" || code.starts_with("54")
+        // Also a trigger's plain RAISE (P0001), as SQLite's TRIGGER: a user's rule about
+        // the value.
+        code.starts_with("22")
+            || matches!(code.as_ref(), "23502" | "23514" | "P0001")
+            || code.starts_with("54")
     }
 
     pub(crate) fn invalid(field: &str, message: impl Into<String>) -> Self {

@@ -25,7 +25,7 @@ fn worker_config(args: &WorkerArgs) -> WorkerConfig {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         maintenance: Some(MaintenanceConfig {
             retention: (args.retention_days > 0)
-                .then(|| Duration::from_secs(args.retention_days * 86_400)),
+                .then(|| Duration::from_secs(args.retention_days.saturating_mul(86_400))),
             ..MaintenanceConfig::default()
         }),
         ..WorkerConfig::default()
@@ -123,7 +123,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(w) = worker {
         w.shutdown().await;
     }
-    // Open connections (long polls, slow clients) get what is left of the grace period.
+    // Open connections (long polls, slow clients) get one more grace period, then close.
     let grace = Duration::from_secs(args.worker.shutdown_grace_seconds.max(1));
     match tokio::time::timeout(grace, server).await {
         Ok(r) => r.context("server task")?,

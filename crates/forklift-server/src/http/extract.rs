@@ -155,7 +155,11 @@ impl FromRequestParts<AppState> for Tenant {
                 let key = value
                     .to_str()
                     .ok()
-                    .and_then(|v| v.strip_prefix("Bearer "))
+                    .and_then(|v| {
+                        // The scheme is case-insensitive (RFC 9110), as for the metrics token.
+                        let (scheme, key) = v.split_once(' ')?;
+                        scheme.eq_ignore_ascii_case("bearer").then_some(key)
+                    })
                     .ok_or_else(|| {
                         ApiError::unauthorized(
                             "the Authorization header must be `Bearer <api key>`",

@@ -174,7 +174,7 @@ pub struct EnqueueRequest {
 }
 
 /// A job's payload as the document describes it: any JSON value both stores can hold.
-/// (The field itself is a `serde_json::Value`, checked by [`payload::check`].)
+/// (The field itself is a `serde_json::Value`, checked by the library's `NewJob::validate`.)
 pub struct Payload;
 
 impl utoipa::PartialSchema for Payload {
@@ -244,8 +244,8 @@ pub fn document_exclusive_fields(doc: &mut utoipa::openapi::OpenApi) {
 }
 
 impl EnqueueRequest {
-    /// The library's job, with every field checked (the store validates again), and the
-    /// checks the library leaves to us: what both stores can hold.
+    /// The library's job, with every field checked by the library's one validation (which
+    /// the store runs again).
     pub fn into_new_job(self, idempotency_key: Option<String>) -> Result<NewJob, ApiError> {
         if self.depends_on.as_ref().is_some_and(|d| !d.is_empty()) {
             return Err(ApiError::invalid(

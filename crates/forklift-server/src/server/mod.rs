@@ -80,8 +80,11 @@ pub async fn serve(
     ));
     let graceful = GracefulShutdown::new();
     let mut http = http1::Builder::new();
+    // A request head is read into a buffer of at most 16 KiB (hyper's default is ~400 KiB):
+    // what a slow, half-sent connection can hold while its header timeout runs.
     http.timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout);
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(16 * 1024);
     let mut refusals = Refusals::default();
     loop {
         let stream = tokio::select! {

@@ -98,13 +98,17 @@ impl WorkerConfig {
             queues: self
                 .queues
                 .iter()
-                .map(|q| QueueConfig::new(scrub(&q.name), q.concurrency))
+                .map(|q| {
+                    let concurrency = q.concurrency.clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+                    QueueConfig::new(scrub(&q.name), concurrency)
+                })
                 .collect(),
             poll_interval: bounded(self.poll_interval),
             lease_ttl: bounded(self.lease_ttl),
             heartbeat_interval: bounded(self.heartbeat_interval),
             progress_interval: bounded(self.progress_interval),
             shutdown_grace: self.shutdown_grace.min(MAX_DELAY),
+            fetch_batch: self.fetch_batch.max(1),
             maintenance: self.maintenance.as_ref().map(MaintenanceConfig::normalized),
             ..self.clone()
         }

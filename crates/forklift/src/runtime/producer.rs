@@ -109,8 +109,14 @@ async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &Cancellation
             };
             let fetched = shared.store.job_fetch_available(&params).await;
             let taken = fetched.as_ref().map_or(0, Vec::len);
-            if let Some((name, _)) = &class.limited {
+            if let Some((name, _)) = &class.limited
+                && free > taken
+            {
                 shared.unreserve(name, free - taken);
+                // Room another queue may have found taken while this fetch held it.
+                for other in shared.queues.iter().filter(|q| !Arc::ptr_eq(q, queue)) {
+                    other.wake.notify_one();
+                }
             }
             match fetched {
                 Ok(jobs) => {
@@ -330,9 +336,9 @@ fn finish(
     } else {
         std::slice::from_ref(queue)
     };
+    // Unconditionally: a producer that has just found no room but not yet said so would
+    // miss a wake-up sent only when it had (`Notify` keeps one permit for it).
     for q in waiting {
-        if q.maybe_more.load(Ordering::Acquire) {
-            q.wake.notify_one();
-        }
+        q.wake.notify_one();
     }
 }

@@ -43,6 +43,7 @@ conformance! {
         a_dropped_worker_stops_fetching_and_releases_its_jobs,
         per_type_concurrency_is_per_process_across_queues,
         a_worker_whose_lease_renewals_fail_takes_no_new_jobs_until_they_succeed,
+        room_a_limited_type_frees_in_one_queue_wakes_the_others,
     ],
     pg: [
         cancelling_a_running_job_reaches_its_handler_from_another_process,

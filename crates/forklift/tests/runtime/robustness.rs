@@ -263,3 +263,40 @@ pub async fn a_worker_whose_lease_renewals_fail_takes_no_new_jobs_until_they_suc
     wait_status(&client, patient, JobStatus::Cancelled).await;
     worker.shutdown().await;
 }
+
+pub async fn room_a_limited_type_frees_in_one_queue_wakes_the_others(h: Harness) {
+    let gauge = Gauge::default();
+    let mut registry = Registry::new();
+    registry.register_with(
+        "gauged",
+        gauge.clone(),
+        TypeOptions {
+            concurrency: Some(1),
+            ..TypeOptions::default()
+        },
+    );
+    // A poll far longer than the test: only a wake-up can start the other queue's jobs.
+    let config = WorkerConfig {
+        queues: vec![QueueConfig::new("a", 10), QueueConfig::new("b", 10)],
+        poll_interval: Duration::from_secs(60),
+        ..fast_config()
+    };
+    let worker = Worker::start(h.dyn_store(), registry, config);
+    let client = h.client();
+    let jobs: Vec<NewJob> = ["a", "b", "a", "b"]
+        .into_iter()
+        .map(|q| NewJob::new("gauged", json!({})).queue(q))
+        .collect();
+    let ids: Vec<_> = client
+        .enqueue_many(&jobs)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.job.job_id)
+        .collect();
+    for id in ids {
+        wait_status(&client, id, JobStatus::Success).await;
+    }
+    assert_eq!(gauge.most(), 1);
+    worker.shutdown().await;
+}
