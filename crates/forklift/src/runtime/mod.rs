@@ -110,7 +110,6 @@ impl WorkerConfig {
             shutdown_grace: self.shutdown_grace.min(MAX_DELAY),
             fetch_batch: self.fetch_batch.max(1),
             maintenance: self.maintenance.as_ref().map(MaintenanceConfig::normalized),
-            ..self.clone()
         }
     }
 }
