@@ -213,3 +213,43 @@ async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent(b: Backend) {
         assert_eq!(error_code(&raw_body(&answer)), "payload_too_large");
     }
 }
+
+#[tokio::test]
+async fn a_client_that_reads_no_answer_loses_its_connection_after_the_timeout() {
+    let header_timeout = Duration::from_secs(2);
+    let api = TestApi::with_limits(
+        Backend::Sqlite,
+        no_rate_limit(),
+        ServerConfig {
+            max_connections: 1,
+            header_timeout,
+        },
+    )
+    .await;
+    // Pipelined requests whose answers (the OpenAPI document, tens of KiB each) are never
+    // read: the socket buffers fill and the server's writes wait.
+    let mut greedy = TcpStream::connect(api.addr()).await.unwrap();
+    let request = b"GET /openapi.json HTTP/1.1\r\nhost: localhost\r\n\r\n";
+    for _ in 0..400 {
+        if tokio::time::timeout(Duration::from_millis(50), greedy.write_all(request))
+            .await
+            .is_err()
+        {
+            break; // the server stopped reading: its writes are stuck
+        }
+    }
+    let freed = async {
+        loop {
+            if let Ok(resp) = api.raw().get(format!("{}/health", api.base)).send().await
+                && resp.status() == StatusCode::OK
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(header_timeout * 4, freed)
+        .await
+        .expect("the stalled connection is closed and its place freed");
+    drop(greedy);
+}

@@ -8,6 +8,8 @@
 //! - a deadline for each request head ([`ServerConfig::header_timeout`]), which also closes
 //!   keep-alive connections left idle that long (hyper runs one timer for both: it starts
 //!   whenever the connection waits for the next request);
+//! - the same deadline for a response the client stops reading ([`stall`]): a client
+//!   that pipelines requests and reads no answer cannot hold its place for ever;
 //! - graceful shutdown: when `shutdown` fires, listening stops, idle connections close and
 //!   requests in flight finish;
 //! - after a flood has closed, its memory is given back to the OS ([`trim`]).
@@ -17,6 +19,7 @@
 //! loop is only how the `forklift` binary (and the tests) serve it.
 
 pub mod nofile;
+mod stall;
 mod trim;
 
 use std::sync::Arc;
@@ -39,7 +42,8 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a connection may take to send a complete request head, counted from when
     /// it opens or from the end of its previous response: this is also the keep-alive
-    /// idle timeout. Default 30 s.
+    /// idle timeout, and how long a response may wait for the client to read any of it.
+    /// Default 30 s.
     pub header_timeout: Duration,
 }
 
@@ -105,6 +109,8 @@ pub async fn serve(
         // (Nagle) only adds latency.
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
+        // A response the peer stops reading fails after the header timeout too.
+        let stream = stall::StallGuard::new(stream, config.header_timeout);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         metrics::gauge!("forklift_http_connections").increment(1.0);
         tokio::spawn(async move {
