@@ -4,11 +4,11 @@
 //! enqueues jobs of ten thousand made-up types makes ten thousand series, and every
 //! scrape slower and larger. The first [`MAX_LABELLED`] distinct (type, queue) pairs, and
 //! queues, seen by this process keep their names; the rest are counted under `_other`.
-//! The pairs a worker runs (its registry's types in its queues) are named first, when it
-//! starts, and enqueues have a set of their own: made-up types cannot push the worker's
-//! own metrics into `_other`.
+//! A worker's own metrics name the pairs it can run (its registry's types in its queues),
+//! fixed when it starts; enqueues have a bound of their own, so made-up types cannot push
+//! the worker's metrics into `_other`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
 /// How many distinct (type, queue) pairs, and queues, are labelled by name per process.
@@ -29,37 +29,46 @@ fn admit(seen: &'static OnceLock<Mutex<HashSet<String>>>, key: &str) -> bool {
     false
 }
 
-static RUN_PAIRS: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-static ENQUEUED_PAIRS: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-
-fn pair(
-    seen: &'static OnceLock<Mutex<HashSet<String>>>,
-    job_type: &str,
-    queue: &str,
-) -> (String, String) {
+/// The `type` and `queue` labels of the enqueue counter.
+pub fn enqueue_labels(job_type: &str, queue: &str) -> (String, String) {
+    static PAIRS: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     // The unit separator cannot occur in a type or queue name.
-    if admit(seen, &format!("{job_type}\u{1f}{queue}")) {
+    if admit(&PAIRS, &format!("{job_type}\u{1f}{queue}")) {
         (job_type.to_string(), queue.to_string())
     } else {
         (OTHER.to_string(), OTHER.to_string())
     }
 }
 
-/// The `type` and `queue` labels of a running or finished job's metrics.
-pub fn job_labels(job_type: &str, queue: &str) -> (String, String) {
-    pair(&RUN_PAIRS, job_type, queue)
+/// The labels of a worker's own metrics (wait, run time, finished). A worker runs only its
+/// registry's types in its configured queues, so the pairs named are fixed when it starts:
+/// the first [`MAX_LABELLED`] of them, in order; no lock or allocation per job to decide.
+pub(crate) struct RunLabels {
+    named: HashMap<String, HashSet<String>>,
 }
 
-/// The `type` and `queue` labels of the enqueue counter.
-pub fn enqueue_labels(job_type: &str, queue: &str) -> (String, String) {
-    pair(&ENQUEUED_PAIRS, job_type, queue)
-}
+impl RunLabels {
+    pub fn new(types: &[String], queues: &[String]) -> Self {
+        let mut named: HashMap<String, HashSet<String>> = HashMap::new();
+        let pairs = types
+            .iter()
+            .flat_map(|t| queues.iter().map(move |q| (t, q)));
+        for (t, q) in pairs.take(MAX_LABELLED) {
+            named.entry(t.clone()).or_default().insert(q.clone());
+        }
+        RunLabels { named }
+    }
 
-/// Names the pairs a worker runs before any client can take the places.
-pub(crate) fn admit_worker(types: &[String], queues: &[String]) {
-    for t in types {
-        for q in queues {
-            job_labels(t, q);
+    /// The `type` and `queue` labels of a job's metrics.
+    pub fn of(&self, job_type: &str, queue: &str) -> (String, String) {
+        if self
+            .named
+            .get(job_type)
+            .is_some_and(|qs| qs.contains(queue))
+        {
+            (job_type.to_string(), queue.to_string())
+        } else {
+            (OTHER.to_string(), OTHER.to_string())
         }
     }
 }
@@ -81,12 +90,23 @@ mod tests {
     #[test]
     fn past_the_bound_new_pairs_are_other_and_known_ones_keep_their_names() {
         for i in 0..MAX_LABELLED {
-            assert_eq!(job_labels(&format!("t{i}"), "q").0, format!("t{i}"));
+            assert_eq!(enqueue_labels(&format!("t{i}"), "q").0, format!("t{i}"));
         }
         assert_eq!(
-            job_labels("one_too_many", "q"),
+            enqueue_labels("one_too_many", "q"),
             (OTHER.into(), OTHER.into())
         );
-        assert_eq!(job_labels("t7", "q"), ("t7".into(), "q".into()));
+        assert_eq!(enqueue_labels("t7", "q"), ("t7".into(), "q".into()));
+    }
+
+    #[test]
+    fn a_worker_names_the_first_pairs_it_can_run() {
+        let types: Vec<String> = (0..60).map(|i| format!("t{i}")).collect();
+        let queues = vec!["a".to_string(), "b".to_string()];
+        let labels = RunLabels::new(&types, &queues);
+        assert_eq!(labels.of("t0", "b"), ("t0".into(), "b".into()));
+        assert_eq!(labels.of("t49", "b"), ("t49".into(), "b".into()));
+        assert_eq!(labels.of("t50", "a"), (OTHER.into(), OTHER.into()));
+        assert_eq!(labels.of("t0", "c"), (OTHER.into(), OTHER.into()));
     }
 }

@@ -230,30 +230,54 @@ fn storable_number(n: &serde_json::Number) -> bool {
 /// [`check_text`] over every key and string of a JSON value; numbers must be finite and
 /// at most 100 characters long.
 pub fn check_json(field: &str, value: &serde_json::Value) -> Result<()> {
+    let mut refusal = None;
+    json_leaves(value, &mut |leaf| {
+        refusal = match leaf {
+            JsonLeaf::Text(s) => check_text(field, s).err(),
+            JsonLeaf::Number(n) if !storable_number(n) => Some(Error::invalid(
+                field,
+                "numbers must be at most 100 characters, within a double's range",
+            )),
+            JsonLeaf::Number(_) => None,
+        };
+        refusal.is_none()
+    });
+    refusal.map_or(Ok(()), Err)
+}
+
+/// A key, string or number inside a JSON value.
+pub(crate) enum JsonLeaf<'a> {
+    Text(&'a str),
+    Number(&'a serde_json::Number),
+}
+
+/// Calls `f` on every key, string and number of `value` until it answers false; returns
+/// whether it went through them all.
+pub(crate) fn json_leaves<'a>(
+    value: &'a serde_json::Value,
+    f: &mut impl FnMut(JsonLeaf<'a>) -> bool,
+) -> bool {
     use serde_json::Value;
     let mut stack = vec![value];
     while let Some(v) = stack.pop() {
-        match v {
-            Value::String(s) => check_text(field, s)?,
-            Value::Array(items) => stack.extend(items),
-            Value::Object(map) => {
-                for (k, item) in map {
-                    check_text(field, k)?;
-                    stack.push(item);
-                }
+        let go_on = match v {
+            Value::String(s) => f(JsonLeaf::Text(s)),
+            Value::Number(n) => f(JsonLeaf::Number(n)),
+            Value::Array(items) => {
+                stack.extend(items);
+                true
             }
-            Value::Number(n) => {
-                if !storable_number(n) {
-                    return Err(Error::invalid(
-                        field,
-                        "numbers must be at most 100 characters, within a double's range",
-                    ));
-                }
-            }
-            Value::Null | Value::Bool(_) => {}
+            Value::Object(map) => map.iter().all(|(k, item)| {
+                stack.push(item);
+                f(JsonLeaf::Text(k))
+            }),
+            Value::Null | Value::Bool(_) => true,
+        };
+        if !go_on {
+            return false;
         }
     }
-    Ok(())
+    true
 }
 
 /// Checks a job type or queue name: 1–100 characters of `[A-Za-z0-9_.:-]`.

@@ -71,9 +71,23 @@ fn by_size(batch: Vec<Completion>) -> Vec<Vec<Completion>> {
     groups
 }
 
-/// Bytes of a completion's result and errors as JSON (what varies from one to another).
+/// Bytes of a completion's result and errors as JSON (what varies from one to another),
+/// counted as they are serialized, without keeping the text.
 fn outcome_bytes(c: &Completion) -> usize {
-    let json = |v: &serde_json::Value| serde_json::to_vec(v).map_or(0, |b| b.len());
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let json = |v: &serde_json::Value| {
+        let mut count = Count(0);
+        serde_json::to_writer(&mut count, v).map_or(0, |()| count.0)
+    };
     c.result.as_ref().map_or(0, json)
         + c.result_url.as_ref().map_or(0, String::len)
         + c.errors

@@ -170,6 +170,8 @@ impl Worker {
             .iter()
             .map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1)))
             .collect();
+        let types = registry.types();
+        let queue_names: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
         let shared = Arc::new(Shared {
             store: store.clone(),
             handlers: registry
@@ -180,6 +182,7 @@ impl Worker {
             running: Arc::new(Running::default()),
             per_type: Mutex::default(),
             queues: queues.clone(),
+            labels: crate::metric_labels::RunLabels::new(&types, &queue_names),
             completions: tx,
             tasks: TaskTracker::new(),
             worker_id: config.id.clone(),
@@ -187,10 +190,6 @@ impl Worker {
             poll_interval: config.poll_interval,
             lease_ttl: config.lease_ttl,
         });
-        let mut types: Vec<String> = shared.handlers.keys().cloned().collect();
-        types.sort();
-        let queue_names: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
-        crate::metric_labels::admit_worker(&types, &queue_names);
         let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let keeper = Arc::new(Keeper {

@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use super::executor::{After, Ending, decide, run_attempt};
 use super::running::Running;
-use crate::metric_labels::job_labels;
+use crate::metric_labels::RunLabels;
 use crate::store::{Completion, FetchParams, Lease, LeasedJob, Store};
 use crate::worker::{JobContext, Registered};
 
@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     /// Every queue's state: room a limited type frees in one queue may be what another
     /// queue's producer waits for.
     pub queues: Vec<Arc<QueueState>>,
+    /// The labels of this worker's metrics.
+    pub labels: RunLabels,
     pub completions: mpsc::UnboundedSender<Completion>,
     pub tasks: TaskTracker,
     pub worker_id: String,
@@ -213,7 +215,7 @@ fn start_all(
                 .unwrap_or(0)
                 .max(0) as f64
                 / 1e6;
-            let (type_label, queue_label) = job_labels(&leased.job.job_type, &queue.name);
+            let (type_label, queue_label) = shared.labels.of(&leased.job.job_type, &queue.name);
             metrics::histogram!("forklift_job_wait_seconds", "type" => type_label, "queue" => queue_label)
                 .record(wait);
         }
@@ -262,28 +264,18 @@ fn start_all(
 /// The end of an attempt whose outcome could not be decided (a bug in the runtime, caught
 /// rather than leaving the job running for ever): failed, retryable.
 fn internal_failure(job: &crate::job::Job, lease: Lease) -> Completion {
-    let retry = job.attempt < job.max_attempts;
-    Completion {
+    let next = if job.attempt < job.max_attempts {
+        (crate::job::JobStatus::Queued, Duration::from_secs(1))
+    } else {
+        (crate::job::JobStatus::Failed, Duration::ZERO)
+    };
+    Completion::by_runtime(
         lease,
-        attempt: job.attempt,
-        status: if retry {
-            crate::job::JobStatus::Queued
-        } else {
-            crate::job::JobStatus::Failed
-        },
-        result: None,
-        result_url: None,
-        errors: vec![crate::job::ErrorEntry {
-            message: "the worker failed while ending this attempt".into(),
-            code: "internal_error".into(),
-            attempt: job.attempt,
-            at: chrono::Utc::now(),
-            details: serde_json::Value::Null,
-        }],
-        retry_in: Duration::from_secs(1),
-        give_attempt_back: false,
-        progress: None,
-    }
+        job.attempt,
+        next,
+        "internal_error",
+        "the worker failed while ending this attempt",
+    )
 }
 
 fn finish(
@@ -299,7 +291,7 @@ fn finish(
     match after {
         After::Complete(c) => {
             shared.running.remove(ctx.job_id());
-            let (job_type, queue) = job_labels(&job.job_type, &job.queue);
+            let (job_type, queue) = shared.labels.of(&job.job_type, &job.queue);
             let labels = [
                 ("type", job_type.clone()),
                 ("queue", queue.clone()),

@@ -383,20 +383,38 @@ impl Completion {
             "the attempt ended ({}) but its outcome cannot be stored: {refusal}",
             self.status
         );
+        Completion::by_runtime(
+            self.lease,
+            self.attempt,
+            (JobStatus::Failed, Duration::ZERO),
+            "unstorable_outcome",
+            &message,
+        )
+    }
+
+    /// An attempt ended by the runtime rather than by what its handler returned: no result,
+    /// one error entry, and `status` (`FAILED`, or `QUEUED` to run again after the delay).
+    pub(crate) fn by_runtime(
+        lease: Lease,
+        attempt: i32,
+        (status, retry_in): (JobStatus, Duration),
+        code: &str,
+        message: &str,
+    ) -> Completion {
         Completion {
-            lease: self.lease,
-            attempt: self.attempt,
-            status: JobStatus::Failed,
+            lease,
+            attempt,
+            status,
             result: None,
             result_url: None,
             errors: vec![ErrorEntry {
-                message: scrub_text(&message).into_owned(),
-                code: "unstorable_outcome".into(),
-                attempt: self.attempt,
+                message: scrub_text(message).into_owned(),
+                code: code.into(),
+                attempt,
                 at: Utc::now(),
                 details: serde_json::Value::Null,
             }],
-            retry_in: Duration::ZERO,
+            retry_in,
             give_attempt_back: false,
             progress: None,
         }
@@ -453,15 +471,11 @@ fn scrub_text(s: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn has_nul(v: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(has_nul),
-        Value::Object(map) => map
-            .iter()
-            .any(|(k, item)| k.contains('\0') || has_nul(item)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
+    use crate::new_job::{JsonLeaf, json_leaves};
+    !json_leaves(
+        v,
+        &mut |leaf| !matches!(leaf, JsonLeaf::Text(s) if s.contains('\0')),
+    )
 }
 
 fn scrub_json(v: &serde_json::Value) -> serde_json::Value {

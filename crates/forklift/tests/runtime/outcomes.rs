@@ -249,30 +249,6 @@ pub async fn progress_is_written_while_the_handler_runs(h: Harness) {
 }
 
 pub async fn per_type_concurrency_is_respected(h: Harness) {
-    // Counted in the handler: a job's row stays RUNNING until the completer writes its end,
-    // a moment after its slot is free, so the table would overcount.
-    let gauge = crate::robustness::Gauge::default();
-    let mut reg = Registry::new();
-    reg.register_with(
-        "gauged",
-        gauge.clone(),
-        TypeOptions {
-            concurrency: Some(2),
-            ..TypeOptions::default()
-        },
-    );
-    let worker = Worker::start(h.dyn_store(), reg, fast_config());
-    let client = h.client();
-    let ids: Vec<_> = client
-        .enqueue_many(&vec![NewJob::new("gauged", json!({})); 8])
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.job.job_id)
-        .collect();
-    for id in ids {
-        wait_status(&client, id, JobStatus::Success).await;
-    }
-    assert_eq!(gauge.most(), 2, "at most 2 at once, and the room used");
-    worker.shutdown().await;
+    let most = crate::robustness::most_at_once(&h, 2, fast_config(), &["default"; 8]).await;
+    assert_eq!(most, 2, "at most 2 at once, and the room used");
 }

@@ -12,7 +12,7 @@ use forklift::{
 };
 use serde_json::json;
 
-use crate::support::{Harness, fast_config, wait_for, wait_status};
+use crate::support::{Harness, enqueue_ids, fast_config, wait_for, wait_status};
 
 /// Ends its attempt as its payload says: `{"result": ..}` succeeds with that result,
 /// `{"error": ".."}` fails permanently (with a NUL character after the text, which no
@@ -68,13 +68,7 @@ async fn beside_three_noops(h: &Harness, first: NewJob) -> forklift::JobId {
     let client = h.client();
     let mut jobs = vec![first];
     jobs.extend(vec![NewJob::new("noop", json!({})); 3]);
-    let ids: Vec<_> = client
-        .enqueue_many(&jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.job.job_id)
-        .collect();
+    let ids = enqueue_ids(&client, &jobs).await;
     for id in &ids[1..] {
         let job = wait_status(&client, *id, JobStatus::Success).await;
         assert_eq!(job.attempt, 1);
@@ -168,13 +162,13 @@ pub async fn a_dropped_worker_stops_fetching_and_releases_its_jobs(h: Harness) {
 
 /// Counts how many of its jobs run at once, and the most there ever were.
 #[derive(Clone, Default)]
-pub struct Gauge {
+struct Gauge {
     now: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
 }
 
 impl Gauge {
-    pub fn most(&self) -> usize {
+    fn most(&self) -> usize {
         self.most.load(Ordering::SeqCst)
     }
 }
@@ -190,17 +184,39 @@ impl Handler for Gauge {
     }
 }
 
-pub async fn per_type_concurrency_is_per_process_across_queues(h: Harness) {
+/// Runs one `gauged` job per entry of `job_queues` (in that queue), at most `limit` at
+/// once, on a worker with `config`; waits until all succeed; returns the most that ran at
+/// once (counted in the handler: a job's row stays RUNNING a moment after its slot is free).
+pub async fn most_at_once(
+    h: &Harness,
+    limit: usize,
+    config: WorkerConfig,
+    job_queues: &[&str],
+) -> usize {
     let gauge = Gauge::default();
     let mut registry = Registry::new();
     registry.register_with(
         "gauged",
         gauge.clone(),
         TypeOptions {
-            concurrency: Some(1),
+            concurrency: Some(limit),
             ..TypeOptions::default()
         },
     );
+    let worker = Worker::start(h.dyn_store(), registry, config);
+    let client = h.client();
+    let jobs: Vec<NewJob> = job_queues
+        .iter()
+        .map(|q| NewJob::new("gauged", json!({})).queue(*q))
+        .collect();
+    for id in enqueue_ids(&client, &jobs).await {
+        wait_status(&client, id, JobStatus::Success).await;
+    }
+    worker.shutdown().await;
+    gauge.most()
+}
+
+pub async fn per_type_concurrency_is_per_process_across_queues(h: Harness) {
     let config = WorkerConfig {
         queues: ["a", "b", "c"]
             .into_iter()
@@ -208,24 +224,8 @@ pub async fn per_type_concurrency_is_per_process_across_queues(h: Harness) {
             .collect(),
         ..fast_config()
     };
-    let worker = Worker::start(h.dyn_store(), registry, config);
-    let client = h.client();
-    let jobs: Vec<NewJob> = ["a", "b", "c", "a", "b", "c"]
-        .into_iter()
-        .map(|q| NewJob::new("gauged", json!({})).queue(q))
-        .collect();
-    let ids: Vec<_> = client
-        .enqueue_many(&jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.job.job_id)
-        .collect();
-    for id in ids {
-        wait_status(&client, id, JobStatus::Success).await;
-    }
-    assert_eq!(gauge.most(), 1);
-    worker.shutdown().await;
+    let most = most_at_once(&h, 1, config, &["a", "b", "c", "a", "b", "c"]).await;
+    assert_eq!(most, 1);
 }
 
 pub async fn a_worker_whose_lease_renewals_fail_takes_no_new_jobs_until_they_succeed(h: Harness) {
@@ -265,38 +265,11 @@ pub async fn a_worker_whose_lease_renewals_fail_takes_no_new_jobs_until_they_suc
 }
 
 pub async fn room_a_limited_type_frees_in_one_queue_wakes_the_others(h: Harness) {
-    let gauge = Gauge::default();
-    let mut registry = Registry::new();
-    registry.register_with(
-        "gauged",
-        gauge.clone(),
-        TypeOptions {
-            concurrency: Some(1),
-            ..TypeOptions::default()
-        },
-    );
     // A poll far longer than the test: only a wake-up can start the other queue's jobs.
     let config = WorkerConfig {
         queues: vec![QueueConfig::new("a", 10), QueueConfig::new("b", 10)],
         poll_interval: Duration::from_secs(60),
         ..fast_config()
     };
-    let worker = Worker::start(h.dyn_store(), registry, config);
-    let client = h.client();
-    let jobs: Vec<NewJob> = ["a", "b", "a", "b"]
-        .into_iter()
-        .map(|q| NewJob::new("gauged", json!({})).queue(q))
-        .collect();
-    let ids: Vec<_> = client
-        .enqueue_many(&jobs)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|i| i.job.job_id)
-        .collect();
-    for id in ids {
-        wait_status(&client, id, JobStatus::Success).await;
-    }
-    assert_eq!(gauge.most(), 1);
-    worker.shutdown().await;
+    assert_eq!(most_at_once(&h, 1, config, &["a", "b", "a", "b"]).await, 1);
 }

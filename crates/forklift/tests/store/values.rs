@@ -12,6 +12,15 @@ use serde_json::json;
 use crate::support::Harness;
 use crate::{completion, error_entry, fetch_one, fetch_params, lease, noop};
 
+/// The first instant of a year (negative years are before Christ, as in RFC 3339's extension).
+fn year(y: i32) -> DateTime<Utc> {
+    chrono::NaiveDate::from_ymd_opt(y, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+}
+
 fn invalid_field(result: forklift::Result<impl std::fmt::Debug>) -> String {
     match result {
         Err(Error::Invalid { field, .. }) => field,
@@ -56,13 +65,6 @@ pub async fn nul_characters_are_refused_in_every_field_before_anything_is_writte
 pub async fn a_run_at_in_the_past_is_due_now_and_does_not_jump_the_line(h: Harness) {
     let client = h.client();
     let first = client.enqueue(noop()).await.unwrap().job.job_id;
-    let year = |y| {
-        chrono::NaiveDate::from_ymd_opt(y, 1, 1)
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc()
-    };
     let (year_one, before_christ) = (year(1), year(0));
     let ancient = client.enqueue(noop().run_at(year_one)).await.unwrap().job;
     let older = client
@@ -91,11 +93,7 @@ pub async fn a_run_at_more_than_ten_years_ahead_or_before_year_zero_is_refused(h
     );
     let near = Utc::now() + chrono::Duration::days(9 * 365);
     assert!(h.client().enqueue(noop().run_at(near)).await.is_ok());
-    let before_year_zero = chrono::NaiveDate::from_ymd_opt(-4800, 1, 1)
-        .unwrap()
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc();
+    let before_year_zero = year(-4800);
     assert_eq!(
         invalid_field(h.client().enqueue(noop().run_at(before_year_zero)).await),
         "run_at"
@@ -105,13 +103,6 @@ pub async fn a_run_at_more_than_ten_years_ahead_or_before_year_zero_is_refused(h
 pub async fn list_time_filters_and_cursors_outside_the_calendar_are_refused_not_failed(h: Harness) {
     let client = h.client();
     let id = client.enqueue(noop()).await.unwrap().job.job_id;
-    let year = |y| {
-        chrono::NaiveDate::from_ymd_opt(y, 1, 1)
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc()
-    };
     let (min, max) = (year(0), year(9999));
     let all = |after, before| ListParams {
         created_after: Some(after),

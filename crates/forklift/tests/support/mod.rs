@@ -372,6 +372,12 @@ pub fn quick_backoff() -> Backoff {
     }
 }
 
+/// Enqueues `jobs` in one call and returns their ids, in order.
+pub async fn enqueue_ids(client: &Client, jobs: &[forklift::NewJob]) -> Vec<JobId> {
+    let inserted = client.enqueue_many(jobs).await.expect("enqueue");
+    inserted.into_iter().map(|i| i.job.job_id).collect()
+}
+
 /// Waits (up to 20 s) until the job satisfies `done`, and returns it.
 pub async fn wait_for(client: &Client, id: JobId, what: &str, done: impl Fn(&Job) -> bool) -> Job {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
