@@ -140,6 +140,15 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for ApiQuery<T> {
 /// mode when no key is sent. Also applies the tenant's rate limit.
 pub struct Tenant(pub TenantId);
 
+/// The credential of an `Authorization: Bearer <credential>` value, trimmed; the scheme is
+/// case-insensitive (RFC 9110).
+pub fn bearer(value: &HeaderValue) -> Option<&str> {
+    let (scheme, credential) = value.to_str().ok()?.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(credential.trim())
+}
+
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
@@ -152,22 +161,12 @@ impl FromRequestParts<AppState> for Tenant {
                 ));
             }
             Some(value) => {
-                let key = value
-                    .to_str()
-                    .ok()
-                    .and_then(|v| {
-                        // The scheme is case-insensitive (RFC 9110), as for the metrics token.
-                        let (scheme, key) = v.split_once(' ')?;
-                        scheme.eq_ignore_ascii_case("bearer").then_some(key)
-                    })
-                    .ok_or_else(|| {
-                        ApiError::unauthorized(
-                            "the Authorization header must be `Bearer <api key>`",
-                        )
-                    })?;
+                let key = bearer(value).ok_or_else(|| {
+                    ApiError::unauthorized("the Authorization header must be `Bearer <api key>`")
+                })?;
                 state
                     .keys
-                    .tenant_of(key.trim())
+                    .tenant_of(key)
                     .await?
                     .ok_or_else(|| ApiError::unauthorized("unknown or revoked API key"))?
             }

@@ -110,16 +110,13 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     };
     let mut sent = headers.get_all(header::AUTHORIZATION).iter();
     let given = match (sent.next(), sent.next()) {
-        (Some(value), None) => value.to_str().ok().and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(token)
-        }),
+        (Some(value), None) => super::extract::bearer(value),
         _ => None,
     };
     // Compared as digests, so the time taken says nothing about how much of it matched.
     let digest = |s: &str| Sha256::digest(s.as_bytes());
     match given {
-        Some(given) if digest(given.trim()) == digest(token.trim()) => Ok(()),
+        Some(given) if digest(given) == digest(token.trim()) => Ok(()),
         _ => Err(ApiError::unauthorized(
             "send the metrics token as `Authorization: Bearer <token>`",
         )),
