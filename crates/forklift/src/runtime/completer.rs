@@ -4,10 +4,9 @@
 //!
 //! One completion the database refuses must not hold up the others: a refused batch is
 //! split in halves until the refused completion stands alone, and that one is written as
-//! a failure of its job (`unstorable_outcome`) instead. An unreachable database is waited
-//! out, since then every write would fail alike; any other error (a deadlock, a full disk)
-//! is retried a few times, then the batch is split, and a lone completion that still
-//! fails is left to its lease, so a passing fault never fails a job that did its work.
+//! a failure of its job (`unstorable_outcome`) instead. Any other error (the database
+//! away, a deadlock, a full disk) is about no one completion: the batch is retried whole
+//! until it goes through, so a passing fault never fails a job that did its work.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +18,6 @@ use crate::store::{Completion, Store};
 
 /// The most completions in one statement.
 const MAX_BATCH: usize = 2_000;
-
-/// Tries of a group whose write fails for a reason that is neither an unreachable
-/// database nor a refused value, before it is split (or, alone, left to its lease).
-const OTHER_TRIES: u32 = 5;
 
 /// The most bytes of results and errors in one statement: far below PostgreSQL's 1 GiB
 /// message, so that many large results never make a batch no write can carry.
@@ -119,12 +114,10 @@ pub(crate) async fn write(store: &dyn Store, batch: Vec<Completion>, closing: bo
     }
 }
 
-/// Writes one group: `Ok` once written (or given up: at shutdown, or a lone completion
-/// failing for a reason other than its values); `Err` when the group should be split, or
-/// with the refusal of a lone completion's values.
+/// Writes one group: `Ok` once written (or given up at shutdown), `Err` with a refused
+/// value, for the group to be split until the refused completion stands alone.
 async fn write_group(store: &dyn Store, group: &[Completion], closing: bool) -> Result<(), Error> {
     let mut delay = Duration::from_millis(50);
-    let mut others = 0;
     for attempt in 1.. {
         match store.job_complete_many(group).await {
             Ok(accepted) => {
@@ -136,33 +129,18 @@ async fn write_group(store: &dyn Store, group: &[Completion], closing: bool) -> 
                 }
                 return Ok(());
             }
-            Err(e) if e.is_unreachable() => {
-                // Keep the group and try again: while the database is away the leases run
-                // on, and if they lapse first, the rescuer retries the jobs (at least once).
+            Err(e) if e.is_refused_value() => return Err(e),
+            // Anything else (the database away, a deadlock, a full disk, a read-only standby)
+            // says nothing about one completion: keep the group and try again. The leases
+            // run on meanwhile; if they lapse first, the rescuer retries the jobs (at least
+            // once). Splitting would only multiply the writes that fail.
+            Err(e) => {
                 tracing::warn!(error = %e, attempt, jobs = group.len(), "could not write completions; retrying");
                 if closing && attempt >= 20 {
                     tracing::error!(
                         jobs = group.len(),
                         "giving up on completions at shutdown; the rescuer will retry these jobs"
                     );
-                    return Ok(());
-                }
-            }
-            // A value the database refuses: split the group until the refused completion
-            // stands alone (then it is written as a failure of its job).
-            Err(e) if e.is_refused_value() => return Err(e),
-            // Anything else (a deadlock, a serialization failure, a full disk) may pass:
-            // try again; a group that keeps failing is split, and a lone completion that
-            // keeps failing is left to its lease (the rescuer runs the job again) rather
-            // than failed for a fault that was not its own.
-            Err(e) => {
-                others += 1;
-                tracing::warn!(error = %e, attempt, jobs = group.len(), "could not write completions; retrying");
-                if others >= OTHER_TRIES {
-                    if group.len() > 1 {
-                        return Err(e);
-                    }
-                    tracing::error!(job_id = %group[0].lease.job_id, error = %e, "giving up on a completion; the rescuer will retry its job");
                     return Ok(());
                 }
             }

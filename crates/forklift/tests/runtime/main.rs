@@ -46,6 +46,7 @@ conformance! {
         room_a_limited_type_frees_in_one_queue_wakes_the_others,
     ],
     pg: [
+        completions_failing_for_a_while_all_land_once_writes_work_again,
         cancelling_a_running_job_reaches_its_handler_from_another_process,
         a_dead_listener_is_replaced_and_wake_ups_resume,
         a_job_enqueued_in_a_postgres_transaction_wakes_the_worker_on_commit,

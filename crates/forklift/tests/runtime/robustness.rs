@@ -106,6 +106,23 @@ pub async fn a_completion_the_database_refuses_fails_that_job_and_not_the_others
     worker.shutdown().await;
 }
 
+/// An error about no value (here a read-only database, for longer than the completer's
+/// first retries) must neither split the batch into a write per job nor give any job up:
+/// once writes work again, every job ends at its first attempt.
+pub async fn completions_failing_for_a_while_all_land_once_writes_work_again(h: Harness) {
+    let worker = Worker::start(h.dyn_store(), scripted_registry(), fast_config());
+    h.fail_updates_when("new.status = 'SUCCESS'").await;
+    let client = h.client();
+    let ids = enqueue_ids(&client, &vec![NewJob::new("noop", json!({})); 40]).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    h.allow_updates().await;
+    for id in ids {
+        let job = wait_status(&client, id, JobStatus::Success).await;
+        assert_eq!(job.attempt, 1);
+    }
+    worker.shutdown().await;
+}
+
 pub async fn snoozes_and_back_offs_past_any_calendar_wait_at_most_ten_years(h: Harness) {
     let worker = Worker::start(h.dyn_store(), scripted_registry(), fast_config());
     let client = h.client();

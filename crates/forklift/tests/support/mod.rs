@@ -271,10 +271,26 @@ impl Harness {
         self.raw(&sql).await;
     }
 
+    /// Makes PostgreSQL fail any update of a job for which `condition` holds with an error
+    /// that is about no value (SQLSTATE 25006, as a read-only standby answers after a
+    /// failover). Undone by [`Harness::allow_updates`].
+    pub async fn fail_updates_when(&self, condition: &str) {
+        self.raw(&format!(
+            "create function forklift_test_refuse_update() returns trigger language plpgsql
+                as $$ begin raise exception 'read-only for the test' using errcode = '25006'; end $$;
+             create trigger forklift_test_refuse_update before update on forklift_jobs
+                for each row when ({condition}) execute function forklift_test_refuse_update();"
+        ))
+        .await;
+    }
+
     /// Undoes [`Harness::refuse_updates_when`].
     pub async fn allow_updates(&self) {
         let sql = match &self.backend {
-            Backend::Pg { .. } => "drop trigger forklift_test_refuse_update on forklift_jobs",
+            Backend::Pg { .. } => {
+                "drop trigger forklift_test_refuse_update on forklift_jobs;
+                 drop function forklift_test_refuse_update"
+            }
             Backend::Sqlite { .. } => "drop trigger forklift_test_refuse_update",
         };
         self.raw(sql).await;
