@@ -104,7 +104,8 @@ impl KeyCache {
             Ok(turn) => turn.expect("the semaphore is never closed"),
             Err(_) => {
                 // Look-ups are backed up (a flood of made-up keys): a key that was valid a
-                // moment ago goes on with that answer; anyone else is asked to retry.
+                // moment ago (at most three TTLs) goes on with that answer; anyone else is
+                // asked to retry.
                 if let Some(tenant) = self.last_hit(&hash) {
                     return Ok(Some(tenant));
                 }
@@ -141,9 +142,13 @@ impl KeyCache {
         Ok(tenant)
     }
 
-    /// The last tenant found for a key's hash, however old.
+    /// The last tenant found for a key's hash, if at most three TTLs old: long enough to
+    /// ride out a burst of look-ups, short enough that a flood cannot keep a revoked key
+    /// working.
     fn last_hit(&self, hash: &str) -> Option<TenantId> {
-        self.answers.lock().unwrap().hits.get(hash).map(|(t, _)| *t)
+        let answers = self.answers.lock().unwrap();
+        let (tenant, at) = answers.hits.get(hash)?;
+        (at.elapsed() < self.ttl * 3).then_some(*tenant)
     }
 
     /// The cached answer for a key's hash, if still fresh: `Some(None)` is a cached miss.

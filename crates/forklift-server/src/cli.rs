@@ -105,6 +105,11 @@ pub struct ServeArgs {
     #[arg(long, env = "FORKLIFT_HEADER_TIMEOUT_SECONDS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub header_timeout_seconds: u64,
+    /// Seconds a response may wait for the client to read any of it before the connection
+    /// is closed (1 to 86400).
+    #[arg(long, env = "FORKLIFT_WRITE_TIMEOUT_SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub write_timeout_seconds: u64,
     /// Connections open at once; one more is answered 503 and closed at once. Lowered,
     /// with a warning, when the open-files limit cannot hold it. At most 1,000,000.
     #[arg(long, env = "FORKLIFT_MAX_CONNECTIONS", default_value_t = 10_000,

@@ -206,3 +206,45 @@ async fn metrics_bound_their_labels_and_an_emptied_queue_reads_zero() {
     tokio::time::sleep(Duration::from_millis(5_100)).await; // the depth reading's lifetime
     assert_eq!(depth(&scrape().await), Some(0.0), "the queue emptied");
 }
+
+/// While key look-ups are backed up, a key seen a moment ago keeps its last answer, but not
+/// for ever: a revoked key cannot be kept alive by a flood that holds every look-up.
+#[tokio::test]
+async fn a_flood_of_look_ups_does_not_keep_a_revoked_key_alive() {
+    let schema = forklift_testkit::fresh_schema().await;
+    let store = Arc::new(PgStore::from_pool(schema.pool.clone()));
+    store.migrate().await.unwrap();
+    let tenant = store.tenant_create("revoked").await.unwrap().tenant_id;
+    let key = issue_key(&*store, tenant).await.unwrap();
+    let ttl = Duration::from_millis(100);
+    let cache = Arc::new(forklift_server::auth::KeyCache::new(store.clone(), ttl));
+    assert_eq!(cache.tenant_of(&key.key).await.unwrap(), Some(tenant));
+    assert!(store.api_key_revoke(&key.prefix).await.unwrap());
+    tokio::time::sleep(ttl * 4).await;
+    // Hold every look-up: the keys table is locked, so each waits.
+    let mut lock = schema.pool.begin().await.unwrap();
+    sqlx::query("lock table forklift_api_keys in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                let made_up = format!("fk_{i:08x}_{:032x}", rand::random::<u128>());
+                let _ = cache.tenant_of(&made_up).await;
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = cache.tenant_of(&key.key).await;
+    assert!(
+        answer.is_err(),
+        "a revoked key is not served from an old answer: {:?}",
+        answer.map(|t| t.is_some())
+    );
+    lock.rollback().await.unwrap();
+    for h in held {
+        h.await.unwrap();
+    }
+}

@@ -216,13 +216,14 @@ async fn a_declared_body_over_the_limit_gets_413_before_it_is_sent(b: Backend) {
 
 #[tokio::test]
 async fn a_client_that_reads_no_answer_loses_its_connection_after_the_timeout() {
-    let header_timeout = Duration::from_secs(2);
+    let write_timeout = Duration::from_secs(2);
     let api = TestApi::with_limits(
         Backend::Sqlite,
         no_rate_limit(),
         ServerConfig {
             max_connections: 1,
-            header_timeout,
+            write_timeout: write_timeout,
+            ..ServerConfig::default()
         },
     )
     .await;
@@ -248,7 +249,7 @@ async fn a_client_that_reads_no_answer_loses_its_connection_after_the_timeout() 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    tokio::time::timeout(header_timeout * 4, freed)
+    tokio::time::timeout(write_timeout * 4, freed)
         .await
         .expect("the stalled connection is closed and its place freed");
     drop(greedy);

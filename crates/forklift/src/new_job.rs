@@ -216,6 +216,9 @@ const MAX_NUMBER_CHARS: usize = 100;
 /// double's range, neither overflowing it nor underflowing to 0 (PostgreSQL's `numeric`
 /// refuses `1e-16384`, which SQLite would keep as text).
 fn storable_number(n: &serde_json::Number) -> bool {
+    if n.is_i64() || n.is_u64() {
+        return true; // at most 20 characters, and exact
+    }
     let text = n.to_string();
     let Some(value) = n.as_f64().filter(|f| f.is_finite()) else {
         return false;

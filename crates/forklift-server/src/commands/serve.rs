@@ -108,6 +108,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let limits = ServerConfig {
         max_connections: nofile::fit_connections(args.max_connections as usize),
         header_timeout: Duration::from_secs(args.header_timeout_seconds),
+        write_timeout: Duration::from_secs(args.write_timeout_seconds),
     };
     let state = AppState::new(Client::new(store.clone()), config, Some(metrics));
     let worker = if args.no_workers {

@@ -165,9 +165,18 @@ fn documented() -> OpenApiRouter<AppState> {
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "ops",
     responses((status = 200, description = "The OpenAPI 3 document of this API", body = Object)))]
-async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
-    static DOC: std::sync::OnceLock<utoipa::openapi::OpenApi> = std::sync::OnceLock::new();
-    axum::Json(DOC.get_or_init(openapi).clone())
+async fn openapi_json() -> impl axum::response::IntoResponse {
+    // Serialized once: anyone may ask for it, without a key or a rate limit.
+    static DOC: std::sync::OnceLock<axum::body::Bytes> = std::sync::OnceLock::new();
+    let body = DOC.get_or_init(|| {
+        serde_json::to_vec(&openapi())
+            .expect("the document serializes")
+            .into()
+    });
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.clone(),
+    )
 }
 
 /// The OpenAPI document of every route [`router`] serves.

@@ -8,8 +8,9 @@
 //! - a deadline for each request head ([`ServerConfig::header_timeout`]), which also closes
 //!   keep-alive connections left idle that long (hyper runs one timer for both: it starts
 //!   whenever the connection waits for the next request);
-//! - the same deadline for a response the client stops reading ([`stall`]): a client
-//!   that pipelines requests and reads no answer cannot hold its place for ever;
+//! - a deadline for a response the client stops reading ([`stall`],
+//!   [`ServerConfig::write_timeout`]): a client that pipelines requests and reads no
+//!   answer cannot hold its place for ever;
 //! - graceful shutdown: when `shutdown` fires, listening stops, idle connections close and
 //!   requests in flight finish;
 //! - after a flood has closed, its memory is given back to the OS ([`trim`]).
@@ -42,9 +43,12 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a connection may take to send a complete request head, counted from when
     /// it opens or from the end of its previous response: this is also the keep-alive
-    /// idle timeout, and how long a response may wait for the client to read any of it.
-    /// Default 30 s.
+    /// idle timeout. Default 30 s.
     pub header_timeout: Duration,
+    /// How long a response may wait for the client to read any of it before the
+    /// connection is closed. Longer than the header timeout: an honest reader on a slow
+    /// link frees send buffer in large steps, far apart. Default 120 s.
+    pub write_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +56,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_connections: 10_000,
             header_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -109,8 +114,8 @@ pub async fn serve(
         // (Nagle) only adds latency.
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        // A response the peer stops reading fails after the header timeout too.
-        let stream = stall::StallGuard::new(stream, config.header_timeout);
+        // A response the peer stops reading fails after the write timeout.
+        let stream = stall::StallGuard::new(stream, config.write_timeout);
         let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         metrics::gauge!("forklift_http_connections").increment(1.0);
         tokio::spawn(async move {

@@ -163,12 +163,18 @@ impl Worker {
     /// Tokio runtime. Migrations are the caller's (`store.migrate()`), done once at start-up.
     pub fn start(store: Arc<dyn Store>, registry: Registry, config: WorkerConfig) -> Worker {
         let config = config.normalized();
+        for q in &config.queues {
+            if let Err(e) = crate::new_job::check_name("queue", &q.name) {
+                // No job can be enqueued there: say so rather than poll it in silence.
+                tracing::error!(queue = %q.name, error = %e, "this worker serves a queue no job can be in");
+            }
+        }
         let (tx, rx) = mpsc::unbounded_channel();
         let completer = tokio::spawn(completer::run(store.clone(), rx));
         let queues: Vec<Arc<QueueState>> = config
             .queues
             .iter()
-            .map(|q| QueueState::new(q.name.clone(), q.concurrency.max(1)))
+            .map(|q| QueueState::new(q.name.clone(), q.concurrency))
             .collect();
         let types = registry.types();
         let queue_names: Vec<String> = config.queues.iter().map(|q| q.name.clone()).collect();
