@@ -222,7 +222,7 @@ async fn a_client_that_reads_no_answer_loses_its_connection_after_the_timeout() 
         no_rate_limit(),
         ServerConfig {
             max_connections: 1,
-            write_timeout: write_timeout,
+            write_timeout,
             ..ServerConfig::default()
         },
     )
