@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI16, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -160,7 +160,9 @@ struct ContextInner {
     job: Job,
     cancel: CancellationToken,
     reason: AtomicU8,
-    deadline: Option<Instant>,
+    /// Set when the attempt starts (a job may wait a moment in the worker's fetch-ahead
+    /// buffer between its lease and its start).
+    deadline: OnceLock<Option<Instant>>,
     /// The latest progress; written to the database by a flusher, not per call.
     progress: AtomicI16,
     progress_dirty: AtomicBool,
@@ -169,14 +171,14 @@ struct ContextInner {
 }
 
 impl JobContext {
-    pub(crate) fn new(job: Job, deadline: Option<Instant>) -> Self {
+    pub(crate) fn new(job: Job) -> Self {
         let progress = job.progress;
         JobContext {
             inner: Arc::new(ContextInner {
                 job,
                 cancel: CancellationToken::new(),
                 reason: AtomicU8::new(CancelReason::None as u8),
-                deadline,
+                deadline: OnceLock::new(),
                 progress: AtomicI16::new(progress),
                 progress_dirty: AtomicBool::new(false),
                 result: Mutex::new(None),
@@ -201,7 +203,14 @@ impl JobContext {
     }
     /// When this attempt will be stopped, if the job or its type has a timeout.
     pub fn deadline(&self) -> Option<Instant> {
-        self.inner.deadline
+        self.inner.deadline.get().copied().flatten()
+    }
+
+    /// Starts the attempt's clock: `timeout` from now, if any.
+    pub(crate) fn set_deadline(&self, timeout: Option<Duration>) {
+        // A timeout past what an Instant can hold means none (adding would panic).
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let _ = self.inner.deadline.set(deadline);
     }
 
     /// Reports progress, 0–100. Cheap: calls are coalesced and written every few hundred ms.

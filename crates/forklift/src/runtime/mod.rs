@@ -52,7 +52,9 @@ pub struct WorkerConfig {
     pub id: String,
     /// Default: `default` with concurrency 100.
     pub queues: Vec<QueueConfig>,
-    /// The most jobs one fetch leases. Default 500.
+    /// The most jobs one fetch leases. Default 1,000: measured fastest per job on
+    /// PostgreSQL beside 500 (0.8×) and 2,000 (about the same), and a queue leases this
+    /// deep only when its jobs are short (see the runtime's docs on leasing ahead).
     pub fetch_batch: usize,
     /// How often a queue is polled when no wake-up comes (the fallback for lost
     /// notifications and for scheduled jobs coming due). Default 1 s.
@@ -75,7 +77,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             id: default_worker_id(),
             queues: vec![QueueConfig::new("default", 100)],
-            fetch_batch: 500,
+            fetch_batch: 1000,
             poll_interval: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(30),
             heartbeat_interval: Duration::from_secs(10),
@@ -169,6 +171,7 @@ impl Worker {
                 tracing::error!(queue = %q.name, error = %e, "this worker serves a queue no job can be in");
             }
         }
+        let stop_fetching = CancellationToken::new();
         let (tx, rx) = mpsc::unbounded_channel();
         let completer = tokio::spawn(completer::run(store.clone(), rx));
         let queues: Vec<Arc<QueueState>> = config
@@ -191,12 +194,12 @@ impl Worker {
             labels: crate::metric_labels::RunLabels::new(&types, &queue_names),
             completions: tx,
             tasks: TaskTracker::new(),
+            stop_fetching: stop_fetching.clone(),
             worker_id: config.id.clone(),
             fetch_batch: config.fetch_batch.max(1),
             poll_interval: config.poll_interval,
             lease_ttl: config.lease_ttl,
         });
-        let stop_fetching = CancellationToken::new();
         let stop_background = CancellationToken::new();
         let keeper = Arc::new(Keeper {
             store: store.clone(),
@@ -247,7 +250,7 @@ impl Worker {
         }
     }
 
-    /// How many jobs this process is running now.
+    /// How many jobs this process holds now: running, or leased ahead and about to start.
     pub fn running(&self) -> usize {
         self.parts.as_ref().map_or(0, |p| p.shared.running.len())
     }
@@ -281,6 +284,21 @@ impl Parts {
             let _ = p.await;
         }
         let running = &self.shared.running;
+        // Jobs leased ahead have not started: back to the queue at once, not after the grace.
+        let ahead: Vec<Lease> = self
+            .shared
+            .queues
+            .iter()
+            .flat_map(|q| q.take_ready())
+            .collect();
+        for lease in &ahead {
+            running.remove(lease.job_id);
+        }
+        if !ahead.is_empty()
+            && let Err(e) = self.shared.store.job_release_many(&ahead).await
+        {
+            tracing::error!(error = %e, "could not release jobs leased ahead; the rescuer will retry them");
+        }
         let tasks = &self.shared.tasks;
         tasks.close();
         if tokio::time::timeout(grace, running.wait_empty())

@@ -1,9 +1,18 @@
 //! One queue's fetch loop: lease jobs while there is room, start them, and sleep until
 //! woken (a wake-up, a freed slot when more may be waiting, or the poll interval).
+//!
+//! **Leasing ahead.** A fetch is a round trip. A queue that leased only as many jobs as it
+//! has free slots would leave its slots idle for one round trip per batch whenever jobs are
+//! shorter than that. So a queue leases ahead, beyond its free slots, as many jobs as its
+//! slots get through in two fetch round trips (from the recent average run time and fetch
+//! time; at most `fetch_batch`). Those wait in a buffer that each ending job starts the
+//! next one from, at once, while the next fetch is already on its way. Short jobs get deep
+//! batches and a fetch always in flight; jobs slower than a round trip get nothing leased
+//! ahead, so no process holds jobs that another process has room to run.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,9 +33,17 @@ pub(crate) struct QueueState {
     /// One permit per job that may run at once in this queue.
     pub slots: Arc<Semaphore>,
     pub wake: Notify,
-    /// Set when the last fetch was full or a wake-up came while there was no room:
+    /// Set when the last fetch found jobs or a wake-up came while there was no room:
     /// a freed slot should then fetch again rather than wait for the poll.
     pub maybe_more: AtomicBool,
+    /// Jobs leased ahead, in the order to start them, waiting for a slot.
+    ready: Mutex<VecDeque<Prepared>>,
+    /// Recent average run time of this queue's attempts, in µs (0: none yet).
+    run_micros: AtomicU64,
+    /// Recent average time of this queue's fetches, in µs.
+    fetch_micros: AtomicU64,
+    /// Slots: the concurrency.
+    concurrency: usize,
 }
 
 impl QueueState {
@@ -36,7 +53,34 @@ impl QueueState {
             slots: Arc::new(Semaphore::new(concurrency)),
             wake: Notify::new(),
             maybe_more: AtomicBool::new(true),
+            ready: Mutex::default(),
+            run_micros: AtomicU64::new(0),
+            fetch_micros: AtomicU64::new(0),
+            concurrency,
         })
+    }
+
+    /// How many jobs to hold leased ahead of the free slots: what the slots get through in
+    /// two fetch round trips, at the recent averages, at most `most`. None before any
+    /// attempt ended: a new queue assumes its jobs are slow.
+    fn ahead(&self, most: usize) -> usize {
+        let run = self.run_micros.load(Ordering::Relaxed);
+        if run == 0 {
+            return 0;
+        }
+        let fetch = self.fetch_micros.load(Ordering::Relaxed);
+        let jobs = 2 * self.concurrency as u64 * fetch / run.max(1);
+        (jobs as usize).min(most)
+    }
+
+    /// Takes the jobs leased ahead that have not started, for shutdown to release.
+    pub fn take_ready(&self) -> Vec<Lease> {
+        self.ready
+            .lock()
+            .unwrap()
+            .drain(..)
+            .map(|p| p.lease)
+            .collect()
     }
 
     pub fn poke(&self) {
@@ -60,6 +104,8 @@ pub(crate) struct Shared {
     pub labels: RunLabels,
     pub completions: mpsc::UnboundedSender<Completion>,
     pub tasks: TaskTracker,
+    /// Fired at shutdown: no more fetches, and no job leased ahead starts any more.
+    pub stop_fetching: CancellationToken,
     pub worker_id: String,
     pub fetch_batch: usize,
     pub poll_interval: Duration,
@@ -86,35 +132,43 @@ async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &Cancellation
             queue.maybe_more.store(true, Ordering::Release);
             return;
         }
-        let (mut any_full, mut out_of_room) = (false, false);
+        let (mut any_found, mut out_of_room) = (false, false);
         for class in fetch_classes(shared) {
-            let free = queue.slots.available_permits().min(shared.fetch_batch);
-            let free = match &class.limited {
-                None => free,
-                Some((name, limit)) => shared.reserve(name, *limit, free),
+            let free = queue.slots.available_permits();
+            let wanted = match &class.limited {
+                // Free slots and the jobs to lease ahead, less those already leased ahead;
+                // not before half of those are gone, so that fetches stay large.
+                None => {
+                    let ahead = queue.ahead(shared.fetch_batch);
+                    let ready = queue.ready.lock().unwrap().len();
+                    if ready > 0 && ready >= ahead / 2 {
+                        0
+                    } else {
+                        (free + ahead).saturating_sub(ready).min(shared.fetch_batch)
+                    }
+                }
+                // A limited type is never leased ahead: what it reserves must run now.
+                Some((name, limit)) => shared.reserve(name, *limit, free.min(shared.fetch_batch)),
             };
-            if free == 0 {
+            if wanted == 0 {
                 out_of_room = true;
                 continue;
             }
-            let permits = queue
-                .slots
-                .clone()
-                .try_acquire_many_owned(free as u32)
-                .expect("permits were available");
             let params = FetchParams {
                 queue: queue.name.clone(),
                 types: class.types,
-                limit: free as i64,
+                limit: wanted as i64,
                 worker_id: shared.worker_id.clone(),
                 lease_ttl: shared.lease_ttl,
             };
+            let sent = std::time::Instant::now();
             let fetched = shared.store.job_fetch_available(&params).await;
+            average(&queue.fetch_micros, sent.elapsed());
             let taken = fetched.as_ref().map_or(0, Vec::len);
             if let Some((name, _)) = &class.limited
-                && free > taken
+                && wanted > taken
             {
-                shared.unreserve(name, free - taken);
+                shared.unreserve(name, wanted - taken);
                 // Room another queue may have found taken while this fetch held it.
                 for other in shared.queues.iter().filter(|q| !Arc::ptr_eq(q, queue)) {
                     other.wake.notify_one();
@@ -122,8 +176,11 @@ async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &Cancellation
             }
             match fetched {
                 Ok(jobs) => {
-                    any_full |= jobs.len() == free;
-                    start_all(shared, queue, jobs, permits);
+                    // Fewer than wanted does not mean the queue is empty: each tenant's
+                    // share, or rows other workers were claiming, may have cut the fetch
+                    // short. A fetch that finds nothing does.
+                    any_found |= !jobs.is_empty();
+                    take(shared, queue, jobs);
                 }
                 Err(e) => {
                     tracing::warn!(queue = %queue.name, error = %e, "fetch failed; retrying at the next poll");
@@ -136,7 +193,7 @@ async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &Cancellation
             queue.maybe_more.store(true, Ordering::Release);
             return;
         }
-        if any_full {
+        if any_found {
             queue.maybe_more.store(true, Ordering::Release);
         }
     }
@@ -194,14 +251,32 @@ impl Shared {
     }
 }
 
-fn start_all(
-    shared: &Arc<Shared>,
-    queue: &Arc<QueueState>,
-    jobs: Vec<LeasedJob>,
-    mut permits: OwnedSemaphorePermit,
-) {
+/// Folds one more measurement into a recent average (an exponential moving average, with
+/// a weight of 1/8 for the newest).
+fn average(avg: &AtomicU64, took: Duration) {
+    let new = (took.as_micros() as u64).max(1);
+    let old = avg.load(Ordering::Relaxed);
+    let next = if old == 0 {
+        new
+    } else {
+        old - old / 8 + new / 8
+    };
+    avg.store(next.max(1), Ordering::Relaxed);
+}
+
+/// A leased job ready to start: in the running set (so its lease is renewed, and
+/// released at shutdown), with its handler.
+struct Prepared {
+    lease: Lease,
+    ctx: JobContext,
+    reg: Arc<Registered>,
+}
+
+/// Adds fetched jobs to the running set, then starts as many as there are free slots; the
+/// others wait, leased ahead, for the next slot that frees.
+fn take(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>) {
+    let mut ready = Vec::with_capacity(jobs.len());
     for leased in jobs {
-        let permit = permits.split(1).expect("one permit per fetched job");
         let Some(reg) = shared.handlers.get(&leased.job.job_type).cloned() else {
             continue; // unreachable: the fetch asked only for registered types
         };
@@ -209,56 +284,81 @@ fn start_all(
             job_id: leased.job.job_id,
             token: leased.lease_token,
         };
-        if let Some(started) = leased.job.started_at {
-            let wait = (started - leased.job.run_at)
-                .num_microseconds()
-                .unwrap_or(0)
-                .max(0) as f64
-                / 1e6;
-            let (type_label, queue_label) = shared.labels.of(&leased.job.job_type, &queue.name);
-            metrics::histogram!("forklift_job_wait_seconds", "type" => type_label, "queue" => queue_label)
-                .record(wait);
-        }
-        let timeout = leased
-            .job
-            .timeout_seconds
-            .map(|s| Duration::from_secs(s as u64))
-            .or(reg.options.timeout);
-        // A timeout past what an Instant can hold means none (adding would panic).
-        let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
-        let ctx = JobContext::new(leased.job, deadline);
+        let ctx = JobContext::new(leased.job);
         shared.running.insert(lease, ctx.clone());
-        let (shared2, queue2) = (shared.clone(), queue.clone());
-        let handle = shared.tasks.spawn(async move {
-            // The handler runs under its own panic guard; this one catches the rest (a
-            // handler future whose drop panics at its timeout): a panic here would leave the
-            // job in the running set, renewed for ever, and its per-type room taken.
-            let ending = AssertUnwindSafe(run_attempt(&*reg.handler, &ctx, timeout))
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    Ending::Panicked("the handler's future panicked when dropped".into())
-                });
-            let after = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                decide(
-                    ctx.job(),
-                    lease,
-                    ending,
-                    ctx.cancel_reason(),
-                    &reg.options.backoff,
-                    ctx.take_result(),
-                    Some(ctx.latest_progress()),
-                )
-            }))
-            .unwrap_or_else(|_| After::Complete(internal_failure(ctx.job(), lease)));
-            finish(&shared2, &queue2, &ctx, after, permit);
-        });
-        shared
-            .running
-            .set_abort(lease.job_id, handle.abort_handle());
+        ready.push(Prepared { lease, ctx, reg });
     }
-    // Permits left over (fewer jobs than asked for) return to the queue here.
-    drop(permits);
+    queue.ready.lock().unwrap().extend(ready);
+    start_ready(shared, queue);
+}
+
+/// Starts jobs leased ahead while there are free slots (not once shutdown began: those
+/// are released instead).
+fn start_ready(shared: &Arc<Shared>, queue: &Arc<QueueState>) {
+    while !shared.stop_fetching.is_cancelled() {
+        let Ok(permit) = queue.slots.clone().try_acquire_owned() else {
+            return;
+        };
+        let Some(next) = queue.ready.lock().unwrap().pop_front() else {
+            return;
+        };
+        start(shared, queue, next, permit);
+    }
+}
+
+fn start(
+    shared: &Arc<Shared>,
+    queue: &Arc<QueueState>,
+    job: Prepared,
+    permit: OwnedSemaphorePermit,
+) {
+    let Prepared { lease, ctx, reg } = job;
+    if let Some(started) = ctx.job().started_at {
+        let wait = (started - ctx.job().run_at)
+            .num_microseconds()
+            .unwrap_or(0)
+            .max(0) as f64
+            / 1e6;
+        let (type_label, queue_label) = shared.labels.of(&ctx.job().job_type, &queue.name);
+        metrics::histogram!("forklift_job_wait_seconds", "type" => type_label, "queue" => queue_label)
+            .record(wait);
+    }
+    let timeout = ctx
+        .job()
+        .timeout_seconds
+        .map(|s| Duration::from_secs(s as u64))
+        .or(reg.options.timeout);
+    ctx.set_deadline(timeout);
+    let (shared2, queue2) = (shared.clone(), queue.clone());
+    let handle = shared.tasks.spawn(async move {
+        // The handler runs under its own panic guard; this one catches the rest (a
+        // handler future whose drop panics at its timeout): a panic here would leave the
+        // job in the running set, renewed for ever, and its per-type room taken.
+        let began = std::time::Instant::now();
+        let ending = AssertUnwindSafe(run_attempt(&*reg.handler, &ctx, timeout))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|_| {
+                Ending::Panicked("the handler's future panicked when dropped".into())
+            });
+        average(&queue2.run_micros, began.elapsed());
+        let after = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            decide(
+                ctx.job(),
+                lease,
+                ending,
+                ctx.cancel_reason(),
+                &reg.options.backoff,
+                ctx.take_result(),
+                Some(ctx.latest_progress()),
+            )
+        }))
+        .unwrap_or_else(|_| After::Complete(internal_failure(ctx.job(), lease)));
+        finish(&shared2, &queue2, &ctx, after, permit);
+    });
+    shared
+        .running
+        .set_abort(lease.job_id, handle.abort_handle());
 }
 
 /// The end of an attempt whose outcome could not be decided (a bug in the runtime, caught
@@ -279,7 +379,7 @@ fn internal_failure(job: &crate::job::Job, lease: Lease) -> Completion {
 }
 
 fn finish(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     queue: &Arc<QueueState>,
     ctx: &JobContext,
     after: After,
@@ -319,6 +419,7 @@ fn finish(
     }
     shared.unreserve(&job.job_type, 1);
     drop(permit);
+    start_ready(shared, queue);
     let limited = shared
         .handlers
         .get(&job.job_type)

@@ -509,6 +509,27 @@ pub struct Rescued {
 }
 
 /// Rows of (type, queue, status, count) as both stores' count queries return them.
+/// Puts fetched jobs in the order the fetch chose them: by priority, then by turn (at that
+/// priority, each tenant's first job, then each tenant's second, …), then by `run_at`. A
+/// database's `RETURNING` keeps no order.
+pub(crate) fn in_turn(mut jobs: Vec<LeasedJob>) -> Vec<LeasedJob> {
+    jobs.sort_by_key(|l| (l.job.tenant_id, l.job.priority, l.job.run_at, l.job.job_id));
+    let mut numbered: Vec<(usize, LeasedJob)> = Vec::with_capacity(jobs.len());
+    for l in jobs {
+        let turn = match numbered.last() {
+            Some((turn, prev))
+                if (prev.job.tenant_id, prev.job.priority) == (l.job.tenant_id, l.job.priority) =>
+            {
+                turn + 1
+            }
+            _ => 0,
+        };
+        numbered.push((turn, l));
+    }
+    numbered.sort_by_key(|(turn, l)| (l.job.priority, *turn, l.job.run_at, l.job.job_id));
+    numbered.into_iter().map(|(_, l)| l).collect()
+}
+
 pub(crate) fn job_counts_from_rows(rows: Vec<(String, String, String, i64)>) -> Vec<JobCount> {
     rows.into_iter()
         .filter_map(|(job_type, queue, status, count)| {

@@ -7,6 +7,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod ahead;
 mod outcomes;
 mod robustness;
 mod signals;
@@ -14,6 +15,7 @@ mod signals;
 use forklift::{NewJob, Registry, TypeOptions, builtin};
 use support::{conformance, quick_backoff};
 
+use self::ahead::*;
 use self::outcomes::*;
 use self::robustness::*;
 use self::signals::*;
@@ -44,6 +46,8 @@ conformance! {
         per_type_concurrency_is_per_process_across_queues,
         a_worker_whose_lease_renewals_fail_takes_no_new_jobs_until_they_succeed,
         room_a_limited_type_frees_in_one_queue_wakes_the_others,
+        jobs_leased_ahead_are_released_at_shutdown_without_using_an_attempt,
+        slow_jobs_are_not_leased_ahead,
     ],
     pg: [
         completions_failing_for_a_while_all_land_once_writes_work_again,

@@ -80,6 +80,8 @@ conformance! {
         a_failure_of_a_job_whose_cancel_the_worker_never_heard_of_ends_cancelled,
         retry_clears_the_result_of_the_earlier_run,
         pruning_stops_between_batches_once_told_to,
+        at_one_priority_tenants_with_due_jobs_take_turns,
+        a_backlog_no_fetch_may_take_is_stepped_over,
     ],
     pg: [
         a_keyed_batch_that_fails_in_a_later_round_writes_nothing,

@@ -366,3 +366,78 @@ pub async fn release_returns_the_attempt(h: Harness) {
     assert!(job.started_at.is_none());
     assert_eq!(fetch_one(&h).await.job.job_id, id, "it runs again");
 }
+
+pub async fn at_one_priority_tenants_with_due_jobs_take_turns(h: Harness) {
+    let a = h.client();
+    let b = a.for_tenant(TenantId(Uuid::new_v4()));
+    // A's backlog is older than B's jobs; a queue in run_at order would serve A first.
+    let a_jobs = crate::support::enqueue_ids(&a, &vec![noop(); 6]).await;
+    let urgent = a.enqueue(noop().priority(0)).await.unwrap().job.job_id;
+    let b_jobs = crate::support::enqueue_ids(&b, &vec![noop(); 2]).await;
+    let fetched: Vec<JobId> = h
+        .store
+        .job_fetch_available(&fetch_params(5))
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.job.job_id)
+        .collect();
+    // Priority first; then A and B alternate, each in its own run_at order.
+    assert_eq!(
+        fetched,
+        [urgent, a_jobs[0], b_jobs[0], a_jobs[1], b_jobs[1]]
+    );
+    let rest = h
+        .store
+        .job_fetch_available(&fetch_params(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        rest.iter().map(|l| l.job.job_id).collect::<Vec<_>>(),
+        a_jobs[2..]
+    );
+}
+
+pub async fn a_backlog_no_fetch_may_take_is_stepped_over(h: Harness) {
+    let a = h.client();
+    let paused = a.for_tenant(TenantId(Uuid::new_v4()));
+    // Ahead of the runnable jobs in every order the fetch knows: priority 0, older.
+    let unhandled = vec![NewJob::new("nobody_runs_this", json!({})).priority(0); 2_000];
+    a.enqueue_many(&unhandled).await.unwrap();
+    paused.pause_queue("default").await.unwrap();
+    paused
+        .enqueue_many(&vec![noop().priority(0); 2_000])
+        .await
+        .unwrap();
+    let runnable = crate::support::enqueue_ids(&a, &vec![noop(); 3]).await;
+    let fetched = h
+        .store
+        .job_fetch_available(&fetch_params(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        fetched.iter().map(|l| l.job.job_id).collect::<Vec<_>>(),
+        runnable
+    );
+    // Many tenants with a few jobs each: every one is found, however the shares fall.
+    let tenants: Vec<_> = (0..30)
+        .map(|_| a.for_tenant(TenantId(Uuid::new_v4())))
+        .collect();
+    for t in &tenants {
+        t.enqueue_many(&vec![noop(); 3]).await.unwrap();
+    }
+    let mut taken = 0;
+    loop {
+        let n = h
+            .store
+            .job_fetch_available(&fetch_params(25))
+            .await
+            .unwrap()
+            .len();
+        if n == 0 {
+            break;
+        }
+        taken += n;
+    }
+    assert_eq!(taken, 90);
+}

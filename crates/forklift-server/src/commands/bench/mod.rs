@@ -44,9 +44,9 @@ pub struct BenchArgs {
     /// One-job enqueues by one caller (16 callers do twice as many).
     #[arg(long, default_value_t = 3_000)]
     pub single: usize,
-    /// Jobs run at once by the burn-down worker (also its fetch depth). 2,000 measured
-    /// fastest on 2 cores: 38k jobs/s against 33k at 1,000 and 27k at 300.
-    #[arg(long, default_value_t = 2_000)]
+    /// Jobs run at once by the burn-down worker; the default is the shipped one
+    /// (`forklift serve --concurrency`). Any other value is a tuned figure.
+    #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
     /// Latency samples, enqueued open loop at `--rate` per second.
     #[arg(long, default_value_t = 2_000)]

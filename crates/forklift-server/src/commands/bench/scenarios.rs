@@ -18,10 +18,10 @@ fn noop() -> NewJob {
     NewJob::new("noop", serde_json::json!({}))
 }
 
+/// A worker as shipped, but for its concurrency (default 100, as `forklift serve`'s).
 fn bench_worker(store: Arc<dyn forklift::Store>, registry: Registry, concurrency: usize) -> Worker {
     let config = WorkerConfig {
         queues: vec![QueueConfig::new("default", concurrency)],
-        fetch_batch: concurrency,
         maintenance: None,
         ..WorkerConfig::default()
     };

@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "tenants",
         include_str!("../../../migrations/postgres/0002_tenants.sql"),
     ),
+    (
+        3,
+        "due_by_tenant_and_type",
+        include_str!("../../../migrations/postgres/0003_due_by_tenant_and_type.sql"),
+    ),
 ];
 
 /// Applies the migrations this database lacks, in one transaction.

@@ -18,6 +18,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "tenants",
         include_str!("../../../migrations/sqlite/0002_tenants.sql"),
     ),
+    (
+        3,
+        "due_by_tenant_and_type",
+        include_str!("../../../migrations/sqlite/0003_due_by_tenant_and_type.sql"),
+    ),
 ];
 
 /// Applies the migrations this database lacks, in one transaction.
