@@ -7,6 +7,7 @@ mod executor;
 mod keeper;
 mod producer;
 mod running;
+mod telemetry;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -192,6 +193,7 @@ impl Worker {
             per_type: Mutex::default(),
             queues: queues.clone(),
             labels: crate::metric_labels::RunLabels::new(&types, &queue_names),
+            telemetry: Arc::default(),
             completions: tx,
             tasks: TaskTracker::new(),
             stop_fetching: stop_fetching.clone(),
@@ -213,6 +215,12 @@ impl Worker {
         let mut background = vec![
             tokio::spawn(keeper.clone().renew(stop_background.clone())),
             tokio::spawn(keeper.listen(stop_background.clone())),
+            tokio::spawn(
+                shared
+                    .telemetry
+                    .clone()
+                    .flush_forever(store.clone(), stop_background.clone()),
+            ),
         ];
         let maintainer = config
             .maintenance

@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use super::executor::{After, Ending, decide, run_attempt};
 use super::running::Running;
+use super::telemetry::Telemetry;
 use crate::metric_labels::RunLabels;
 use crate::store::{Completion, FetchParams, Lease, LeasedJob, Store};
 use crate::worker::{JobContext, Registered};
@@ -102,6 +103,8 @@ pub(crate) struct Shared {
     pub queues: Vec<Arc<QueueState>>,
     /// The labels of this worker's metrics.
     pub labels: RunLabels,
+    /// This worker's per-minute stats for `/stats`.
+    pub telemetry: Arc<Telemetry>,
     pub completions: mpsc::UnboundedSender<Completion>,
     pub tasks: TaskTracker,
     /// Fired at shutdown: no more fetches, and no job leased ahead starts any more.
@@ -313,6 +316,7 @@ fn start(
     permit: OwnedSemaphorePermit,
 ) {
     let Prepared { lease, ctx, reg } = job;
+    shared.telemetry.started(ctx.job());
     if let Some(started) = ctx.job().started_at {
         let wait = (started - ctx.job().run_at)
             .num_microseconds()
@@ -391,6 +395,7 @@ fn finish(
     match after {
         After::Complete(c) => {
             shared.running.remove(ctx.job_id());
+            shared.telemetry.ended(job, c.status);
             let (job_type, queue) = shared.labels.of(&job.job_type, &job.queue);
             let labels = [
                 ("type", job_type.clone()),

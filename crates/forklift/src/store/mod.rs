@@ -3,6 +3,7 @@
 //! lives below this module; everything above it speaks in jobs, leases and completions.
 
 pub(crate) mod coalesce;
+pub mod minutes;
 pub mod postgres;
 pub mod sqlite;
 mod tx;
@@ -18,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::job::{ErrorEntry, Job, JobId, JobStatus, TenantId};
 use crate::new_job::{MAX_BATCH, NewJob};
 
+pub use self::minutes::{Metric, MinuteStat};
 pub use self::tx::TxConnection;
 
 /// Checks a batch before either store writes any of it.
@@ -109,6 +111,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// This tenant's throughput per minute and latency percentiles over the last `window`.
     async fn job_stats_recent(&self, tenant: TenantId, window: Duration) -> Result<RecentStats>;
+
+    /// Adds to the per-minute stats what a worker saw (see [`minutes`]).
+    async fn stats_add(&self, stats: &[MinuteStat]) -> Result<()>;
 
     /// Unfinished jobs by queue and status, across tenants (for the operator's metrics).
     async fn queue_depths(&self) -> Result<Vec<JobCount>>;

@@ -48,6 +48,7 @@ conformance! {
         room_a_limited_type_frees_in_one_queue_wakes_the_others,
         jobs_leased_ahead_are_released_at_shutdown_without_using_an_attempt,
         slow_jobs_are_not_leased_ahead,
+        a_worker_reports_its_attempts_to_the_stats,
     ],
     pg: [
         completions_failing_for_a_while_all_land_once_writes_work_again,

@@ -252,3 +252,30 @@ pub async fn per_type_concurrency_is_respected(h: Harness) {
     let most = crate::robustness::most_at_once(&h, 2, fast_config(), &["default"; 8]).await;
     assert_eq!(most, 2, "at most 2 at once, and the room used");
 }
+
+pub async fn a_worker_reports_its_attempts_to_the_stats(h: Harness) {
+    let worker = Worker::start(h.dyn_store(), registry(), fast_config());
+    let client = h.client();
+    let mut jobs = vec![NewJob::new("noop", json!({})); 5];
+    jobs.push(simulate(
+        json!({"steps": 1, "step_ms": 1, "fail_attempts": 1, "permanent": true}),
+    ));
+    let ids = crate::support::enqueue_ids(&client, &jobs).await;
+    wait_status(&client, ids[5], JobStatus::Failed).await;
+    for id in &ids[..5] {
+        wait_status(&client, *id, JobStatus::Success).await;
+    }
+    // Written within a second; shutdown writes what is left.
+    worker.shutdown().await;
+    let stats = h
+        .dyn_store()
+        .job_stats_recent(client.tenant(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let (completed, failed) = stats
+        .per_minute
+        .iter()
+        .fold((0, 0), |(c, f), m| (c + m.completed, f + m.failed));
+    assert_eq!((completed, failed), (5, 1));
+    assert!(stats.wait_p50.is_some() && stats.run_p95.is_some());
+}

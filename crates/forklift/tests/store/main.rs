@@ -82,6 +82,7 @@ conformance! {
         pruning_stops_between_batches_once_told_to,
         at_one_priority_tenants_with_due_jobs_take_turns,
         a_backlog_no_fetch_may_take_is_stepped_over,
+        counts_follow_every_change_exactly,
     ],
     pg: [
         a_keyed_batch_that_fails_in_a_later_round_writes_nothing,

@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
-use forklift::store::{Completion, Event, ListParams};
+use chrono::DurationRound;
+use forklift::store::minutes::bucket_of;
+use forklift::store::{Completion, Event, ListParams, Metric, MinuteStat};
 use forklift::{Error, ErrorEntry, JobId, JobStatus, NewJob, TenantId};
 use serde_json::json;
 
 use crate::support::Harness;
-use crate::{completion, error_entry, fetch_one, lease, noop};
+use crate::{completion, error_entry, fetch_one, fetch_params, lease, noop};
 
 pub async fn every_field_round_trips(h: Harness) {
     let client = h.client();
@@ -417,6 +419,60 @@ pub async fn tenants_have_unique_names_and_keys_resolve_until_revoked(h: Harness
     assert_eq!(store.tenant_list().await.unwrap(), [acme]);
 }
 
+pub async fn counts_follow_every_change_exactly(h: Harness) {
+    let a = h.client();
+    let other = a.for_tenant(TenantId(uuid::Uuid::new_v4()));
+    other.enqueue(noop().queue("elsewhere")).await.unwrap();
+    a.enqueue(NewJob::new("other", json!({})).queue("q2"))
+        .await
+        .unwrap();
+    let ids = crate::support::enqueue_ids(&a, &vec![noop().max_attempts(1); 9]).await;
+    let leased = h.store.job_fetch_available(&fetch_params(6)).await.unwrap();
+    let ended = [
+        completion(&leased[0], JobStatus::Success),
+        completion(&leased[1], JobStatus::Success),
+        completion(&leased[2], JobStatus::Failed),
+        completion(&leased[3], JobStatus::Queued),
+    ];
+    h.store.job_complete_many(&ended).await.unwrap();
+    h.store
+        .job_release_many(&[lease(&leased[4])])
+        .await
+        .unwrap();
+    h.lapse_leases(&[]).await;
+    let rescuer =
+        forklift::maintenance::Rescuer::new(h.dyn_store(), crate::support::quick_backoff());
+    assert_eq!(rescuer.run_once().await.unwrap().len(), 1);
+    a.cancel(ids[7]).await.unwrap();
+    a.retry(leased[2].job.job_id).await.unwrap();
+    a.cancel(ids[8]).await.unwrap();
+    h.age_finished(Duration::from_secs(2 * 86_400)).await;
+    let pruner = forklift::maintenance::Pruner::new(h.dyn_store(), Duration::from_secs(86_400));
+    assert!(pruner.run_once().await.unwrap() > 0);
+    // The counters against the table itself.
+    let counts = h.store.job_counts(a.tenant()).await.unwrap();
+    for status in JobStatus::ALL {
+        let counted: i64 = counts
+            .iter()
+            .filter(|c| c.status == status)
+            .map(|c| c.count)
+            .sum();
+        let others = i64::from(status == JobStatus::Queued);
+        let stored = h
+            .count_where(&format!("status = '{}'", status.as_str()))
+            .await;
+        assert_eq!(counted, stored - others, "{status}: {counts:?}");
+    }
+    let theirs = h.store.job_counts(other.tenant()).await.unwrap();
+    assert_eq!(
+        theirs
+            .iter()
+            .map(|c| (c.queue.as_str(), c.status, c.count))
+            .collect::<Vec<_>>(),
+        [("elsewhere", JobStatus::Queued, 1)]
+    );
+}
+
 pub async fn counts_depths_and_recent_stats_are_per_tenant(h: Harness) {
     let a = h.client();
     let b = a.for_tenant(TenantId(uuid::Uuid::new_v4()));
@@ -463,29 +519,55 @@ pub async fn counts_depths_and_recent_stats_are_per_tenant(h: Harness) {
         .job_stats_recent(a.tenant(), Duration::from_secs(3600))
         .await
         .unwrap();
-    assert!(
-        stats.per_minute.is_empty(),
-        "a cancelled job is neither completed nor failed"
-    );
+    assert!(stats.per_minute.is_empty());
     assert_eq!((stats.wait_p50, stats.run_p50), (None, None));
-    let leased = fetch_one(&h).await;
-    h.store
-        .job_complete_many(&[completion(&leased, JobStatus::Success)])
-        .await
+    // What workers report, added up per tenant and minute.
+    let minute = chrono::Utc::now()
+        .duration_trunc(chrono::TimeDelta::minutes(1))
         .unwrap();
+    let stat = |tenant, minute, metric, bucket, jobs| MinuteStat {
+        tenant,
+        minute,
+        metric,
+        bucket,
+        jobs,
+    };
+    let ten_ms = bucket_of(Duration::from_millis(10));
+    let two_s = bucket_of(Duration::from_secs(2));
+    let report = [
+        stat(a.tenant(), minute, Metric::Completed, 0, 3),
+        stat(a.tenant(), minute, Metric::Failed, 0, 1),
+        stat(a.tenant(), minute, Metric::Wait, ten_ms, 19),
+        stat(a.tenant(), minute, Metric::Wait, two_s, 1),
+        stat(a.tenant(), minute, Metric::Run, two_s, 4),
+        stat(b.tenant(), minute, Metric::Completed, 0, 7),
+        // Past any window: not shown, and forgotten.
+        stat(
+            a.tenant(),
+            minute - chrono::TimeDelta::hours(3),
+            Metric::Completed,
+            0,
+            100,
+        ),
+    ];
+    h.store.stats_add(&report).await.unwrap();
+    h.store.stats_add(&report[..1]).await.unwrap();
     let stats = h
         .store
-        .job_stats_recent(leased.job.tenant_id, Duration::from_secs(3600))
+        .job_stats_recent(a.tenant(), Duration::from_secs(3600))
         .await
         .unwrap();
     assert_eq!(
         stats
             .per_minute
             .iter()
-            .map(|m| (m.completed, m.failed))
+            .map(|m| (m.minute, m.completed, m.failed))
             .collect::<Vec<_>>(),
-        [(1, 0)]
+        [(minute, 6, 1)]
     );
-    assert!(stats.wait_p50.is_some_and(|w| w >= 0.0) && stats.run_p95.is_some_and(|r| r >= 0.0));
+    let near = |got: Option<f64>, want: f64| got.is_some_and(|g| (g / want - 1.0).abs() < 0.1);
+    assert!(near(stats.wait_p50, 0.010), "{:?}", stats.wait_p50);
+    assert!(near(stats.wait_p95, 0.010), "{:?}", stats.wait_p95);
+    assert!(near(stats.run_p50, 2.0), "{:?}", stats.run_p50);
     h.store.ping().await.unwrap();
 }

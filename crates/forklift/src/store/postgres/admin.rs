@@ -1,6 +1,4 @@
-//! Counts and statistics for the API, and tenants with their API keys.
-
-use std::time::Duration;
+//! Queue depths for metrics, and tenants with their API keys.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -8,19 +6,9 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::job::TenantId;
-use crate::store::{ApiKeyInfo, JobCount, MinuteCount, RecentStats, Tenant, job_counts_from_rows};
+use crate::store::{ApiKeyInfo, JobCount, Tenant, job_counts_from_rows};
 
 type CountRow = (String, String, String, i64);
-
-pub async fn job_counts(pool: &PgPool, tenant: TenantId) -> Result<Vec<JobCount>> {
-    let rows: Vec<CountRow> = sqlx::query_as(
-        "select job_type, queue, status, count(*) from forklift_jobs where tenant_id = $1 group by 1, 2, 3",
-    )
-    .bind(tenant.0)
-    .fetch_all(pool)
-    .await?;
-    Ok(job_counts_from_rows(rows))
-}
 
 pub async fn queue_depths(pool: &PgPool) -> Result<Vec<JobCount>> {
     // Each status is served by its partial index (fetch, lease), not a table scan.
@@ -32,59 +20,6 @@ pub async fn queue_depths(pool: &PgPool) -> Result<Vec<JobCount>> {
     .fetch_all(pool)
     .await?;
     Ok(job_counts_from_rows(rows))
-}
-
-pub async fn stats_recent(
-    pool: &PgPool,
-    tenant: TenantId,
-    window: Duration,
-) -> Result<RecentStats> {
-    let secs = window.as_secs_f64();
-    let minutes: Vec<(DateTime<Utc>, i64, i64)> = sqlx::query_as(
-        "select date_trunc('minute', completed_at) as minute,
-                count(*) filter (where status in ('SUCCESS', 'PARTIAL_SUCCESS')),
-                count(*) filter (where status = 'FAILED')
-         from forklift_jobs
-         where tenant_id = $1 and completed_at > now() - make_interval(secs => $2)
-           and status in ('SUCCESS', 'PARTIAL_SUCCESS', 'FAILED')
-         group by 1 order by 1",
-    )
-    .bind(tenant.0)
-    .bind(secs)
-    .fetch_all(pool)
-    .await?;
-    let (wait_p50, wait_p95): (Option<f64>, Option<f64>) = sqlx::query_as(
-        "select percentile_cont(0.5) within group (order by w), percentile_cont(0.95) within group (order by w)
-         from (select greatest(extract(epoch from started_at - run_at)::float8, 0) as w from forklift_jobs
-               where tenant_id = $1 and started_at > now() - make_interval(secs => $2)) s",
-    )
-    .bind(tenant.0)
-    .bind(secs)
-    .fetch_one(pool)
-    .await?;
-    let (run_p50, run_p95): (Option<f64>, Option<f64>) = sqlx::query_as(
-        "select percentile_cont(0.5) within group (order by r), percentile_cont(0.95) within group (order by r)
-         from (select extract(epoch from completed_at - started_at)::float8 as r from forklift_jobs
-               where tenant_id = $1 and completed_at > now() - make_interval(secs => $2) and started_at is not null) s",
-    )
-    .bind(tenant.0)
-    .bind(secs)
-    .fetch_one(pool)
-    .await?;
-    Ok(RecentStats {
-        per_minute: minutes
-            .into_iter()
-            .map(|(minute, completed, failed)| MinuteCount {
-                minute,
-                completed,
-                failed,
-            })
-            .collect(),
-        wait_p50,
-        wait_p95,
-        run_p50,
-        run_p95,
-    })
 }
 
 pub async fn tenant_create(pool: &PgPool, name: &str) -> Result<Tenant> {

@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "due_by_tenant_and_type",
         include_str!("../../../migrations/postgres/0003_due_by_tenant_and_type.sql"),
     ),
+    (
+        4,
+        "counters",
+        include_str!("../../../migrations/postgres/0004_counters.sql"),
+    ),
 ];
 
 /// Applies the migrations this database lacks, in one transaction.

@@ -6,6 +6,7 @@
 //! (rescued after a crash or a network cut) cannot overwrite what came after it.
 
 mod admin;
+mod counts;
 mod events;
 mod insert;
 mod migrate;
@@ -29,8 +30,8 @@ use crate::new_job::NewJob;
 use crate::store::coalesce::{Coalescer, MAX_COALESCED_JOBS, Request};
 use crate::store::{
     ApiKeyInfo, Completion, Event, FetchParams, Inserted, JobCount, JobPage, Lease, LeaseStatus,
-    LeasedJob, ListParams, ProgressUpdate, RecentStats, RescueParams, Rescued, Store, Tenant,
-    check_batch,
+    LeasedJob, ListParams, MinuteStat, ProgressUpdate, RecentStats, RescueParams, Rescued, Store,
+    Tenant, check_batch,
 };
 
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
@@ -147,6 +148,7 @@ impl PgStore {
         let leases = side_pool(&pool, LEASE_CONNECTIONS);
         let notifier = Notifier::new();
         tokio::spawn(notifier.clone().run(work.clone(), stop.clone()));
+        tokio::spawn(counts::fold_forever(work.clone(), stop.clone()));
         let (events, _) = broadcast::channel(4096);
         let coalescer = coalescer(pool.clone());
         PgStore {
@@ -473,7 +475,7 @@ impl Store for PgStore {
     }
 
     async fn job_counts(&self, tenant: TenantId) -> Result<Vec<JobCount>> {
-        admin::job_counts(&self.inner.pool, tenant).await
+        counts::job_counts(&self.inner.pool, tenant).await
     }
 
     async fn queue_paused_list(&self, tenant: TenantId) -> Result<Vec<String>> {
@@ -486,7 +488,11 @@ impl Store for PgStore {
     }
 
     async fn job_stats_recent(&self, tenant: TenantId, window: Duration) -> Result<RecentStats> {
-        admin::stats_recent(&self.inner.pool, tenant, window).await
+        counts::stats_recent(&self.inner.pool, tenant, window).await
+    }
+
+    async fn stats_add(&self, stats: &[MinuteStat]) -> Result<()> {
+        counts::stats_add(&self.inner.work, stats).await
     }
 
     async fn queue_depths(&self) -> Result<Vec<JobCount>> {

@@ -2,23 +2,20 @@
 
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use sqlx::{SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
-use super::row::{duration_micros, from_micros, now_micros};
+use super::row::{duration_micros, from_micros, hex, now_micros};
 use crate::error::{Error, Result};
 use crate::job::TenantId;
-use crate::store::{ApiKeyInfo, JobCount, MinuteCount, RecentStats, Tenant, job_counts_from_rows};
-
-/// Percentiles come from at most this many of the newest samples: SQLite has no
-/// `percentile_cont`, so they are computed here.
-const MAX_SAMPLES: i64 = 20_000;
+use crate::store::minutes::{MINUTES_KEPT, MinuteStat, recent_from_rows};
+use crate::store::{ApiKeyInfo, JobCount, RecentStats, Tenant, job_counts_from_rows};
 
 type CountRow = (String, String, String, i64);
 
 pub async fn job_counts(pool: &SqlitePool, tenant: TenantId) -> Result<Vec<JobCount>> {
     let rows: Vec<CountRow> = sqlx::query_as(
-        "select job_type, queue, status, count(*) from forklift_jobs where tenant_id = ?1 group by 1, 2, 3",
+        "select job_type, queue, status, jobs from forklift_counts where tenant_id = ?1 and jobs <> 0",
     )
     .bind(tenant.0)
     .fetch_all(pool)
@@ -37,76 +34,55 @@ pub async fn queue_depths(pool: &SqlitePool) -> Result<Vec<JobCount>> {
     Ok(job_counts_from_rows(rows))
 }
 
-fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    // Linear interpolation between closest ranks, as PostgreSQL's percentile_cont.
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    Some(sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64))
-}
-
-async fn samples(pool: &SqlitePool, sql: &str, tenant: TenantId, since: i64) -> Result<Vec<f64>> {
-    let micros: Vec<i64> = sqlx::query_scalar(sql)
-        .bind(tenant.0)
-        .bind(since)
-        .bind(MAX_SAMPLES)
-        .fetch_all(pool)
-        .await?;
-    let mut secs: Vec<f64> = micros.into_iter().map(|m| m.max(0) as f64 / 1e6).collect();
-    secs.sort_by(|a, b| a.total_cmp(b));
-    Ok(secs)
-}
-
 pub async fn stats_recent(
     pool: &SqlitePool,
     tenant: TenantId,
     window: Duration,
 ) -> Result<RecentStats> {
     let since = now_micros().saturating_sub(duration_micros(window));
-    let minutes: Vec<(i64, i64, i64)> = sqlx::query_as(
-        "select completed_at / 60000000 * 60000000 as minute,
-                sum(status in ('SUCCESS', 'PARTIAL_SUCCESS')), sum(status = 'FAILED')
-         from forklift_jobs
-         where tenant_id = ?1 and completed_at > ?2 and status in ('SUCCESS', 'PARTIAL_SUCCESS', 'FAILED')
-         group by 1 order by 1",
+    let rows: Vec<(i64, String, i16, i64)> = sqlx::query_as(
+        "select minute, metric, bucket, jobs from forklift_minutes
+         where tenant_id = ?1 and minute >= ?2 / 60000000 * 60000000",
     )
     .bind(tenant.0)
     .bind(since)
     .fetch_all(pool)
     .await?;
-    let waits = samples(
-        pool,
-        "select started_at - run_at from forklift_jobs where tenant_id = ?1 and started_at > ?2
-         order by started_at desc limit ?3",
-        tenant,
-        since,
-    )
-    .await?;
-    let runs = samples(
-        pool,
-        "select completed_at - started_at from forklift_jobs
-         where tenant_id = ?1 and completed_at > ?2 and started_at is not null
-         order by completed_at desc limit ?3",
-        tenant,
-        since,
-    )
-    .await?;
-    Ok(RecentStats {
-        per_minute: minutes
-            .into_iter()
-            .map(|(m, completed, failed)| MinuteCount {
-                minute: from_micros(m),
-                completed,
-                failed,
-            })
+    Ok(recent_from_rows(
+        rows.into_iter()
+            .map(|(minute, metric, bucket, jobs)| (from_micros(minute), metric, bucket, jobs))
             .collect(),
-        wait_p50: percentile(&waits, 0.5),
-        wait_p95: percentile(&waits, 0.95),
-        run_p50: percentile(&runs, 0.5),
-        run_p95: percentile(&runs, 0.95),
-    })
+    ))
+}
+
+/// Adds what workers saw, and forgets minutes past any window.
+pub async fn stats_add(conn: &mut SqliteConnection, stats: &[MinuteStat]) -> Result<()> {
+    let rows: Vec<_> = stats
+        .iter()
+        .map(|s| {
+            serde_json::json!([
+                hex(s.tenant.0),
+                s.minute.timestamp_micros(),
+                s.metric.as_str(),
+                s.bucket,
+                s.jobs
+            ])
+        })
+        .collect();
+    sqlx::query(
+        "insert into forklift_minutes (tenant_id, minute, metric, bucket, jobs)
+         select unhex(value ->> 0), value ->> 1, value ->> 2, value ->> 3, value ->> 4
+         from json_each(?1) where true
+         on conflict do update set jobs = jobs + excluded.jobs",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("delete from forklift_minutes where minute < ?1")
+        .bind(now_micros().saturating_sub(duration_micros(MINUTES_KEPT)))
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }
 
 pub async fn tenant_create(pool: &SqlitePool, name: &str) -> Result<Tenant> {
@@ -212,18 +188,4 @@ pub async fn api_key_revoke(pool: &SqlitePool, prefix: &str) -> Result<bool> {
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::percentile;
-
-    #[test]
-    fn percentiles_interpolate_like_postgres() {
-        let v = [1.0, 2.0, 3.0, 4.0];
-        assert_eq!(percentile(&v, 0.5), Some(2.5));
-        assert_eq!(percentile(&v, 0.0), Some(1.0));
-        assert_eq!(percentile(&v, 1.0), Some(4.0));
-        assert_eq!(percentile(&[], 0.5), None);
-    }
 }

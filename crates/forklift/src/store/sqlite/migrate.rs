@@ -23,6 +23,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "due_by_tenant_and_type",
         include_str!("../../../migrations/sqlite/0003_due_by_tenant_and_type.sql"),
     ),
+    (
+        4,
+        "counters",
+        include_str!("../../../migrations/sqlite/0004_counters.sql"),
+    ),
 ];
 
 /// Applies the migrations this database lacks, in one transaction.

@@ -30,8 +30,8 @@ use crate::new_job::NewJob;
 use crate::store::coalesce::{Coalescer, MAX_COALESCED_JOBS, Request};
 use crate::store::{
     ApiKeyInfo, Completion, Event, FetchParams, Inserted, JobCount, JobPage, Lease, LeaseStatus,
-    LeasedJob, ListParams, ProgressUpdate, RecentStats, RescueParams, Rescued, Store, Tenant,
-    check_batch,
+    LeasedJob, ListParams, MinuteStat, ProgressUpdate, RecentStats, RescueParams, Rescued, Store,
+    Tenant, check_batch,
 };
 
 /// How long a writer waits for another connection's write lock before failing.
@@ -521,6 +521,16 @@ impl Store for SqliteStore {
 
     async fn job_stats_recent(&self, tenant: TenantId, window: Duration) -> Result<RecentStats> {
         admin::stats_recent(&self.inner.reader, tenant, window).await
+    }
+
+    async fn stats_add(&self, stats: &[MinuteStat]) -> Result<()> {
+        if stats.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.write().await?;
+        admin::stats_add(&mut tx, stats).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn queue_depths(&self) -> Result<Vec<JobCount>> {
