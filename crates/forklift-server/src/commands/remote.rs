@@ -151,14 +151,28 @@ pub async fn jobs(args: JobsArgs) -> anyhow::Result<i32> {
         .map(|(k, v)| format!("{k}={}", urlencode(v)))
         .collect::<Vec<_>>()
         .join("&");
-    let page = api
-        .call(reqwest::Method::GET, &format!("/jobs?{qs}"), None)
-        .await?;
+    // A narrow filter's page may come back short (it reads a bounded range): follow the
+    // cursor until the limit is shown or the list ends, a bounded number of pages.
+    let mut jobs: Vec<serde_json::Value> = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let path = match &cursor {
+            None => format!("/jobs?{qs}"),
+            Some(c) => format!("/jobs?{qs}&cursor={}", urlencode(c)),
+        };
+        let page = api.call(reqwest::Method::GET, &path, None).await?;
+        jobs.extend(page["jobs"].as_array().into_iter().flatten().cloned());
+        cursor = page["next_cursor"].as_str().map(String::from);
+        if jobs.len() >= args.limit as usize || cursor.is_none() {
+            break;
+        }
+    }
+    jobs.truncate(args.limit as usize);
     println!(
         "{:<36}  {:<20}  {:<10}  {:<15}  {:>4}  {:>7}  CREATED",
         "JOB_ID", "TYPE", "QUEUE", "STATUS", "PROG", "ATTEMPT"
     );
-    for j in page["jobs"].as_array().into_iter().flatten() {
+    for j in &jobs {
         println!(
             "{:<36}  {:<20}  {:<10}  {:<15}  {:>3}%  {:>3}/{:<3}  {}",
             j["job_id"].as_str().unwrap_or(""),

@@ -15,7 +15,7 @@ use crate::cli::{ServeArgs, WorkerArgs};
 use crate::http::{ApiConfig, AppState, router};
 use crate::server::{self, ServerConfig, nofile};
 
-fn worker_config(args: &WorkerArgs) -> WorkerConfig {
+pub(crate) fn worker_config(args: &WorkerArgs) -> WorkerConfig {
     WorkerConfig {
         queues: args
             .queues
@@ -32,7 +32,7 @@ fn worker_config(args: &WorkerArgs) -> WorkerConfig {
     }
 }
 
-fn registry(args: &WorkerArgs) -> Registry {
+pub(crate) fn registry(args: &WorkerArgs) -> Registry {
     let mut enabled = Registry::new();
     if !args.disable_types.iter().any(|t| t == "noop") {
         enabled.register("noop", builtin::Noop);

@@ -176,6 +176,11 @@ pub struct ListQuery {
 }
 
 /// List jobs, newest first.
+///
+/// A status filter costs the same however many jobs are kept. A `type`, `queue` or `tag`
+/// filter is checked on the jobs read, and one page reads at most 10,000 jobs of each
+/// status: a page may then hold fewer jobs than `limit`, even none, and still have a
+/// `next_cursor`. Only a null `next_cursor` ends the list.
 #[utoipa::path(get, path = "/jobs", tag = "jobs", params(ListQuery),
     responses((status = 200, body = JobList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 429, body = ErrorBody), (status = 503, body = ErrorBody)),

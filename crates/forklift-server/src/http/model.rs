@@ -300,7 +300,9 @@ pub struct BatchResponse {
 /// A page of `GET /jobs`.
 #[derive(Serialize, ToSchema)]
 pub struct JobList {
+    /// Newest first. With a `type`, `queue` or `tag` filter, a page reads at most 10,000
+    /// jobs of each status and may hold fewer than `limit`, even none, before the last.
     pub jobs: Vec<JobView>,
-    /// Pass as `cursor` for the next page; null on the last.
+    /// Pass as `cursor` for the next page; null on the last (only null ends the list).
     pub next_cursor: Option<String>,
 }

@@ -308,6 +308,57 @@ impl Cursor {
     }
 }
 
+/// At most this many jobs of each status are read for one page of [`Store::job_list`]
+/// when a type, queue or tag filter narrows it: so that a filter nothing matches costs
+/// the same with ten million jobs kept as with none. Such a page may hold fewer jobs
+/// than its limit, even none, and still have a `next_cursor` to read on from.
+pub const LIST_SCAN_ROWS: i64 = 10_000;
+
+/// How a page of [`Store::job_list`] is read, the same on both stores: each status asked
+/// for (all six without a status filter) is one range of the `(tenant_id, status,
+/// created_at desc, id desc)` index, read newest first from the cursor and merged. A
+/// type, queue or tag filter is checked on the rows read; then every status is read no
+/// deeper than the newest of their [`LIST_SCAN_ROWS`]-th rows (the edge), and a page
+/// that did not fill ends there, with the edge as its `next_cursor`.
+pub(crate) struct ListPlan<'a> {
+    pub params: &'a ListParams,
+    pub statuses: Vec<JobStatus>,
+    /// Filters checked on the rows read, not by the index.
+    pub narrowed: bool,
+}
+
+impl<'a> ListPlan<'a> {
+    pub fn new(params: &'a ListParams) -> Self {
+        let mut statuses = if params.statuses.is_empty() {
+            JobStatus::ALL.to_vec()
+        } else {
+            params.statuses.clone()
+        };
+        statuses.sort_by_key(|s| s.as_str());
+        statuses.dedup();
+        ListPlan {
+            params,
+            statuses,
+            narrowed: params.job_type.is_some() || params.queue.is_some() || params.tag.is_some(),
+        }
+    }
+
+    /// The page from up to `limit + 1` jobs read, newest first, no deeper than `edge`.
+    pub fn page(&self, mut jobs: Vec<Job>, edge: Option<Cursor>) -> JobPage {
+        let limit = self.params.limit as usize;
+        let next_cursor = if jobs.len() > limit {
+            jobs.truncate(limit);
+            jobs.last().map(|j| Cursor {
+                created_at: j.created_at,
+                id: j.job_id,
+            })
+        } else {
+            edge
+        };
+        JobPage { jobs, next_cursor }
+    }
+}
+
 /// One page of [`Store::job_list`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobPage {

@@ -83,6 +83,7 @@ conformance! {
         at_one_priority_tenants_with_due_jobs_take_turns,
         a_backlog_no_fetch_may_take_is_stepped_over,
         counts_follow_every_change_exactly,
+        a_narrow_filter_reads_a_bounded_range_and_says_where_to_go_on,
     ],
     pg: [
         a_keyed_batch_that_fails_in_a_later_round_writes_nothing,

@@ -571,3 +571,55 @@ pub async fn counts_depths_and_recent_stats_are_per_tenant(h: Harness) {
     assert!(near(stats.run_p50, 2.0), "{:?}", stats.run_p50);
     h.store.ping().await.unwrap();
 }
+
+pub async fn a_narrow_filter_reads_a_bounded_range_and_says_where_to_go_on(h: Harness) {
+    let client = h.client();
+    let rare = client
+        .enqueue(NewJob::new("rare", json!({})))
+        .await
+        .unwrap()
+        .job
+        .job_id;
+    // Newer than it, and more than one page reads: the filter's first page stops short.
+    for _ in 0..2 {
+        client
+            .enqueue_many(&vec![noop(); forklift::MAX_BATCH])
+            .await
+            .unwrap();
+    }
+    let mut params = ListParams {
+        job_type: Some("rare".into()),
+        limit: 10,
+        ..ListParams::default()
+    };
+    let (mut found, mut pages) = (Vec::new(), 0);
+    loop {
+        let page = client.list(&params).await.unwrap();
+        pages += 1;
+        found.extend(page.jobs.iter().map(|j| j.job_id));
+        match page.next_cursor {
+            Some(c) => params.cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(found, [rare]);
+    assert!(
+        pages > 1,
+        "20,001 jobs are more than one page may read for a narrow filter"
+    );
+    // A status filter is read from its own index range: full pages at once.
+    client.cancel(rare).await.unwrap();
+    let cancelled = client
+        .list(&ListParams {
+            statuses: vec![JobStatus::Cancelled],
+            limit: 10,
+            ..ListParams::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        (cancelled.jobs.len(), cancelled.next_cursor),
+        (1, None),
+        "{cancelled:?}"
+    );
+}

@@ -2,6 +2,7 @@
 //! fresh file (SQLite), each repeated, printed as a table of median [min - max], one JSON
 //! line, and the summary lines that the peers' `anchors.sh` reads.
 
+mod history;
 mod scenarios;
 
 use std::collections::BTreeMap;
@@ -25,11 +26,13 @@ pub struct BenchArgs {
         default_value = "sqlite://forklift-bench.db"
     )]
     pub database_url: String,
-    /// Scenarios, comma-separated: batch, single, burndown, latency, http.
+    /// Scenarios, comma-separated: batch, single, burndown, latency, http, api (the
+    /// burn-down end to end through `forklift serve` as shipped), history (reads and work
+    /// on an empty table, then with `--history-rows` finished jobs; not run by default).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "batch,single,burndown,latency,http"
+        default_value = "batch,single,burndown,latency,http,api"
     )]
     pub what: Vec<String>,
     /// Runs of each scenario.
@@ -56,6 +59,9 @@ pub struct BenchArgs {
     /// Seconds of HTTP enqueue load, 16 keep-alive connections.
     #[arg(long, default_value_t = 20)]
     pub http_seconds: u64,
+    /// Finished jobs the history scenario adds (PostgreSQL only).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub history_rows: usize,
     /// A label for the summary and the JSON line.
     #[arg(long, default_value = "forklift")]
     pub label: String,
@@ -157,8 +163,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "burndown" => scenarios::burndown(&fresh, &args, &mut results).await?,
                 "latency" => scenarios::latency(&fresh, &args, &mut results).await?,
                 "http" => scenarios::http(&fresh, &args, &mut results).await?,
+                "api" => scenarios::api(&fresh, &args, &mut results).await?,
+                "history" => history::history(&fresh, &args, &mut results).await?,
                 other => {
-                    bail!("unknown scenario `{other}` (batch, single, burndown, latency, http)")
+                    bail!(
+                        "unknown scenario `{other}` (batch, single, burndown, latency, http, api, history)"
+                    )
                 }
             }
         }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use forklift::{
-    Client, Handler, HandlerResult, JobContext, JobStatus, ListParams, NewJob, Outcome,
-    QueueConfig, Registry, TxConnection, Worker, WorkerConfig, builtin,
+    Client, Handler, HandlerResult, JobContext, JobStatus, NewJob, Outcome, QueueConfig, Registry,
+    TxConnection, Worker, WorkerConfig, builtin,
 };
 use serde::Deserialize;
 
@@ -28,16 +28,16 @@ fn bench_worker(store: Arc<dyn forklift::Store>, registry: Registry, concurrency
     Worker::start(store, registry, config)
 }
 
-/// Waits until the store holds no unfinished job (or 120 s pass).
-async fn drained(client: &Client) -> anyhow::Result<()> {
+/// Waits until the client's tenant has no unfinished job (or 120 s pass), by its counts:
+/// what `GET /queues` reads, the same cost whatever the history.
+pub(super) async fn drained(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let unfinished = ListParams {
-        statuses: vec![JobStatus::Queued, JobStatus::Running],
-        limit: 1,
-        ..ListParams::default()
-    };
     loop {
-        if client.list(&unfinished).await?.jobs.is_empty() {
+        let counts = client.store().job_counts(client.tenant()).await?;
+        let unfinished = counts
+            .iter()
+            .any(|c| matches!(c.status, JobStatus::Queued | JobStatus::Running) && c.count > 0);
+        if !unfinished {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -304,4 +304,147 @@ pub fn peak_rss_mib() -> f64 {
                 .and_then(|kb| kb.parse::<f64>().ok())
         })
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `forklift serve` as shipped, in this process: the API's router on a loopback port and
+/// the worker `serve` starts with no flags (but the per-tenant rate limit when `limited`
+/// is false). Returns the API's base URL and the worker.
+pub(super) async fn serve_as_shipped(
+    store: Arc<dyn forklift::Store>,
+    limited: bool,
+) -> anyhow::Result<(String, Worker)> {
+    #[derive(clap::Parser)]
+    struct Defaults {
+        #[command(flatten)]
+        worker: crate::cli::WorkerArgs,
+    }
+    let defaults = <Defaults as clap::Parser>::try_parse_from(["forklift"])?.worker;
+    let worker = Worker::start(
+        store.clone(),
+        crate::commands::serve::registry(&defaults),
+        crate::commands::serve::worker_config(&defaults),
+    );
+    // `--dev`: the README's first command; every other API setting as shipped.
+    let mut config = ApiConfig {
+        dev: true,
+        ..ApiConfig::default()
+    };
+    if !limited {
+        config.rate_limit_per_second = 0;
+    }
+    let state = AppState::new(Client::new(store), config, None);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(crate::server::serve(
+        listener,
+        router(state),
+        crate::server::ServerConfig::default(),
+        tokio_util::sync::CancellationToken::new(),
+    ));
+    Ok((base, worker))
+}
+
+/// How many jobs `GET /queues` shows in `queue`, by status.
+async fn queue_counts(
+    http: &reqwest::Client,
+    base: &str,
+    queue: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let list: serde_json::Value = http
+        .get(format!("{base}/queues"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let found = list["queues"]
+        .as_array()
+        .and_then(|qs| qs.iter().find(|q| q["name"] == queue))
+        .map(|q| serde_json::from_value(q["counts"].clone()))
+        .transpose()?;
+    Ok(found.unwrap_or_default())
+}
+
+/// The burn-down end to end, as BENCH.md has it: `POST /jobs/batch` (calls of 1,000) into
+/// a paused queue, resume, done when `GET /queues` shows every job finished; once with a
+/// dashboard polling `GET /stats` every 100 ms, once without.
+pub async fn api(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
+    for polled in [true, false] {
+        let store = fresh.store().await?;
+        let (base, worker) = serve_as_shipped(store, true).await?;
+        let http = reqwest::Client::new();
+        http.post(format!("{base}/queues/default/pause"))
+            .send()
+            .await?
+            .error_for_status()?;
+        let body = serde_json::json!({ "jobs": vec![serde_json::json!({"type": "noop"}); 1_000] });
+        for _ in 0..args.jobs.div_ceil(1_000) {
+            http.post(format!("{base}/jobs/batch"))
+                .json(&body)
+                .send()
+                .await?
+                .error_for_status()?;
+        }
+        let total = args.jobs.div_ceil(1_000) * 1_000;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let poller = polled.then(|| {
+            let (http, base, stop) = (http.clone(), base.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(100));
+                let mut slowest = Duration::ZERO;
+                while !stop.is_cancelled() {
+                    every.tick().await;
+                    let t = Instant::now();
+                    let ok = http
+                        .get(format!("{base}/stats"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status().is_success());
+                    if !ok {
+                        bail!("GET /stats failed during the burn-down");
+                    }
+                    slowest = slowest.max(t.elapsed());
+                }
+                anyhow::Ok(slowest)
+            })
+        });
+        let start = Instant::now();
+        http.post(format!("{base}/queues/default/resume"))
+            .send()
+            .await?
+            .error_for_status()?;
+        let deadline = start + Duration::from_secs(300);
+        loop {
+            let counts = queue_counts(&http, &base, "default").await?;
+            if counts.get("SUCCESS").copied().unwrap_or(0) as usize >= total {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("jobs still unfinished after 300 s: {counts:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let rate = total as f64 / start.elapsed().as_secs_f64();
+        stop.cancel();
+        let label = if polled {
+            "GET /stats polled every 100 ms"
+        } else {
+            "no polling"
+        };
+        out.add(
+            format!("burn-down through the API {total}, serve defaults, {label}"),
+            "jobs/s",
+            rate,
+        );
+        if let Some(p) = poller {
+            let slowest = p.await??;
+            out.add(
+                "GET /stats during the burn-down, slowest",
+                "ms",
+                slowest.as_secs_f64() * 1e3,
+            );
+        }
+        worker.shutdown().await;
+    }
+    Ok(())
 }

@@ -26,6 +26,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "counters",
         include_str!("../../../migrations/postgres/0004_counters.sql"),
     ),
+    (
+        5,
+        "lease_token_means_running",
+        include_str!("../../../migrations/postgres/0005_lease_token_means_running.sql"),
+    ),
+    (
+        6,
+        "list_by_status",
+        include_str!("../../../migrations/postgres/0006_list_by_status.sql"),
+    ),
 ];
 
 /// Applies the migrations this database lacks, in one transaction.

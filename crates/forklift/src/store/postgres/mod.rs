@@ -9,6 +9,7 @@ mod admin;
 mod counts;
 mod events;
 mod insert;
+mod list;
 mod migrate;
 mod row;
 mod work;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool, QueryBuilder};
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -248,52 +249,7 @@ impl Store for PgStore {
     }
 
     async fn job_list(&self, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
-        let p = &p.validated()?;
-        let limit = p.limit;
-        let mut q = QueryBuilder::new(format!(
-            "select {JOB_COLUMNS} from forklift_jobs where tenant_id = "
-        ));
-        q.push_bind(tenant.0);
-        if !p.statuses.is_empty() {
-            let statuses: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
-            q.push(" and status = any(").push_bind(statuses).push(")");
-        }
-        if let Some(t) = &p.job_type {
-            q.push(" and job_type = ").push_bind(t.clone());
-        }
-        if let Some(queue) = &p.queue {
-            q.push(" and queue = ").push_bind(queue.clone());
-        }
-        if let Some(tag) = &p.tag {
-            q.push(" and tags ? ").push_bind(tag.clone());
-        }
-        if let Some(t) = p.created_after {
-            q.push(" and created_at > ").push_bind(t);
-        }
-        if let Some(t) = p.created_before {
-            q.push(" and created_at < ").push_bind(t);
-        }
-        if let Some(c) = p.cursor {
-            q.push(" and (created_at, id) < (")
-                .push_bind(c.created_at)
-                .push(", ")
-                .push_bind(c.id.0)
-                .push(")");
-        }
-        q.push(" order by created_at desc, id desc limit ")
-            .push_bind(limit + 1);
-        let rows: Vec<JobRow> = q.build_query_as().fetch_all(&self.inner.pool).await?;
-        let mut jobs: Vec<Job> = rows.into_iter().map(JobRow::into_job).collect();
-        let next_cursor = if jobs.len() as i64 > limit {
-            jobs.truncate(limit as usize);
-            jobs.last().map(|j| crate::store::Cursor {
-                created_at: j.created_at,
-                id: j.job_id,
-            })
-        } else {
-            None
-        };
-        Ok(JobPage { jobs, next_cursor })
+        list::list(&self.inner.pool, tenant, &p.validated()?).await
     }
 
     async fn job_cancel(&self, tenant: TenantId, id: JobId) -> Result<Job> {

@@ -104,7 +104,7 @@ pub async fn heartbeat(pool: &PgPool, leases: &[Lease], ttl: Duration) -> Result
     let rows: Vec<(Uuid, bool)> = sqlx::query_as(
         "update forklift_jobs j set lease_expires_at = now() + make_interval(secs => $3)
          from unnest($1::uuid[], $2::uuid[]) as t(id, token)
-         where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'
+         where j.id = t.id and j.lease_token = t.token
          returning j.id, j.cancel_requested",
     )
     .bind(&ids)
@@ -131,7 +131,7 @@ pub async fn progress(pool: &PgPool, updates: &[ProgressUpdate]) -> Result<()> {
     sqlx::query(
         "update forklift_jobs j set progress = t.progress, updated_at = now()
          from unnest($1::uuid[], $2::uuid[], $3::int2[]) as t(id, token, progress)
-         where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'",
+         where j.id = t.id and j.lease_token = t.token",
     )
     .bind(&ids)
     .bind(&tokens)
@@ -155,8 +155,10 @@ pub async fn complete(pool: &PgPool, cs: &[Completion]) -> Result<(Vec<JobId>, V
     let retry_in: Vec<f64> = cs.iter().map(|c| c.retry_in.as_secs_f64()).collect();
     let give_back: Vec<i32> = cs.iter().map(|c| i32::from(c.give_attempt_back)).collect();
     let progress: Vec<Option<i16>> = cs.iter().map(|c| c.progress).collect();
-    // The guard `lease_token = t.token and status = 'RUNNING'` is the compare-and-set that
-    // makes a completion from a worker that lost its lease a no-op. A retry or a failure of
+    // The guard `lease_token = t.token` is the compare-and-set that makes a completion
+    // from a worker that lost its lease a no-op (a job holds a token only while RUNNING:
+    // a constraint says so, migration 5; naming the status too would let the planner
+    // choose the running jobs' index over the primary key). A retry or a failure of
     // a job whose cancel was asked ends it `CANCELLED` instead: the cancel wins, even when
     // the worker never heard of it (asked between the fetch and the start). The SET reads
     // `j.cancel_requested` from the row it locks, so a cancel committed a moment before is
@@ -176,7 +178,7 @@ pub async fn complete(pool: &PgPool, cs: &[Completion]) -> Result<(Vec<JobId>, V
             updated_at = now()
          from unnest($1::uuid[], $2::uuid[], $3::text[], $4::jsonb[], $5::text[], $6::jsonb[], $7::float8[], $8::int4[], $9::int2[])
               as t(id, token, status, result, result_url, errors, retry_in, give_back, progress)
-         where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'
+         where j.id = t.id and j.lease_token = t.token
          returning j.id, j.status, j.queue",
     )
     .bind(&ids)
@@ -218,7 +220,7 @@ pub async fn release(pool: &PgPool, leases: &[Lease]) -> Result<(u64, Vec<String
             completed_at = case when j.cancel_requested then now() end,
             lease_owner = null, lease_token = null, lease_expires_at = null, updated_at = now()
          from unnest($1::uuid[], $2::uuid[]) as t(id, token)
-         where j.id = t.id and j.lease_token = t.token and j.status = 'RUNNING'
+         where j.id = t.id and j.lease_token = t.token
          returning j.queue, j.status",
     )
     .bind(&ids)
