@@ -27,8 +27,9 @@ pub struct BenchArgs {
     )]
     pub database_url: String,
     /// Scenarios, comma-separated: batch, single, burndown, latency, http, api (the
-    /// burn-down end to end through `forklift serve` as shipped), history (reads and work
-    /// on an empty table, then with `--history-rows` finished jobs; not run by default).
+    /// burn-down end to end through `forklift serve` as shipped), and, not run by default,
+    /// history (reads and work on an empty table, then with `--history-rows` finished
+    /// jobs) and backlog (the burn-down behind `--backlog` jobs no process can run).
     #[arg(
         long,
         value_delimiter = ',',
@@ -59,6 +60,9 @@ pub struct BenchArgs {
     /// Seconds of HTTP enqueue load, 16 keep-alive connections.
     #[arg(long, default_value_t = 20)]
     pub http_seconds: u64,
+    /// Jobs of each kind no process can run in the backlog scenario (not run by default).
+    #[arg(long, default_value_t = 300_000)]
+    pub backlog: usize,
     /// Finished jobs the history scenario adds (PostgreSQL only).
     #[arg(long, default_value_t = 10_000_000)]
     pub history_rows: usize,
@@ -165,9 +169,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "http" => scenarios::http(&fresh, &args, &mut results).await?,
                 "api" => scenarios::api(&fresh, &args, &mut results).await?,
                 "history" => history::history(&fresh, &args, &mut results).await?,
+                "backlog" => scenarios::backlog(&fresh, &args, &mut results).await?,
                 other => {
                     bail!(
-                        "unknown scenario `{other}` (batch, single, burndown, latency, http, api, history)"
+                        "unknown scenario `{other}` (batch, single, burndown, latency, http, api, history, backlog)"
                     )
                 }
             }

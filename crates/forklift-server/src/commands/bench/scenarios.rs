@@ -448,3 +448,56 @@ pub async fn api(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::
     }
     Ok(())
 }
+
+/// Jobs no process can run, ahead of the runnable ones: `--backlog` queued jobs of a type
+/// no worker handles and as many of a tenant whose queue is paused, all at priority 0
+/// (first in every order the fetch knows). The burn-down of `--jobs` runnable jobs
+/// behind them, beside the same burn-down without them, in one run.
+pub async fn backlog(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
+    for with_backlog in [false, true] {
+        let (store, _) = fresh.stores().await?;
+        let client = Client::new(store.clone());
+        if with_backlog {
+            // Other tenants', so that the runnable tenant's counts show when it is done.
+            let other = client.for_tenant(forklift::TenantId(uuid::Uuid::new_v4()));
+            let paused = client.for_tenant(forklift::TenantId(uuid::Uuid::new_v4()));
+            paused.pause_queue("default").await?;
+            let unhandled = vec![
+                NewJob::new("nobody_runs_this", serde_json::json!({})).priority(0);
+                forklift::MAX_BATCH
+            ];
+            let blocked = vec![noop().priority(0); forklift::MAX_BATCH];
+            for _ in 0..args.backlog.div_ceil(forklift::MAX_BATCH) {
+                other.enqueue_many(&unhandled).await?;
+                paused.enqueue_many(&blocked).await?;
+            }
+        }
+        let mut registry = Registry::new();
+        registry.register("noop", builtin::Noop);
+        let worker = bench_worker(store.clone(), registry, args.concurrency);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.pause_queue("default").await?;
+        let jobs = vec![noop(); 1_000];
+        for _ in 0..args.jobs.div_ceil(1_000) {
+            client.enqueue_many(&jobs).await?;
+        }
+        let start = Instant::now();
+        client.resume_queue("default").await?;
+        drained(&client).await?;
+        let label = if with_backlog {
+            format!(
+                "behind {} unhandled + {} paused-tenant jobs",
+                args.backlog, args.backlog
+            )
+        } else {
+            "no backlog".to_string()
+        };
+        out.add(
+            format!("burn-down {}, {label}", args.jobs.div_ceil(1_000) * 1_000),
+            "jobs/s",
+            args.jobs as f64 / start.elapsed().as_secs_f64(),
+        );
+        worker.shutdown().await;
+    }
+    Ok(())
+}
