@@ -8,6 +8,10 @@
 -- into `forklift_counts` every second; readers add the deltas not folded yet, so counts
 -- are exact whenever they are read.
 
+-- The trigger functions keep the search_path of this migration (`set search_path from
+-- current`): a session that writes to the jobs by a schema-qualified name, with another
+-- search_path, still counts into this schema's tables.
+
 -- Jobs by tenant, queue, type and status: what the table holds now.
 create table forklift_counts (
     tenant_id uuid   not null,
@@ -40,21 +44,24 @@ create table forklift_minutes (
     primary key (tenant_id, minute, metric, bucket)
 );
 
-create function forklift_count_inserted() returns trigger language plpgsql as $$
+create function forklift_count_inserted() returns trigger language plpgsql
+set search_path from current as $$
 begin
     insert into forklift_count_deltas
     select tenant_id, queue, job_type, status, count(*) from inserted group by 1, 2, 3, 4;
     return null;
 end $$;
 
-create function forklift_count_deleted() returns trigger language plpgsql as $$
+create function forklift_count_deleted() returns trigger language plpgsql
+set search_path from current as $$
 begin
     insert into forklift_count_deltas
     select tenant_id, queue, job_type, status, -count(*) from deleted group by 1, 2, 3, 4;
     return null;
 end $$;
 
-create function forklift_count_updated() returns trigger language plpgsql as $$
+create function forklift_count_updated() returns trigger language plpgsql
+set search_path from current as $$
 begin
     -- The rows as they were, taken away, and as they are, added: a statement that changes
     -- no status (a heartbeat, a progress write) cancels out and adds nothing. (Grouping

@@ -38,10 +38,16 @@ use crate::store::{
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
 
 /// A pool of up to `max` connections made as `pool`'s are, opened only when used.
+///
+/// Like the store's own pool, it hands connections out without a ping first
+/// (`test_before_acquire(false)`): the ping is a round trip per call, a fifth of a single
+/// enqueue's time. A connection the server dropped fails the one call that finds it
+/// (which the worker retries and the API answers with 503) and is replaced.
 fn side_pool(pool: &PgPool, max: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
         .connect_lazy_with((*pool.connect_options()).clone())
 }
 
@@ -123,6 +129,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
+            .test_before_acquire(false)
             .connect_lazy_with(options);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
