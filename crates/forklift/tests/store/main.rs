@@ -89,6 +89,7 @@ conformance! {
         a_keyed_batch_that_fails_in_a_later_round_writes_nothing,
         transactional_enqueue_on_postgres_exists_only_if_the_transaction_commits,
         fetch_skips_jobs_locked_by_another_transaction,
+        a_write_by_a_schema_qualified_name_is_counted_in_that_schema,
     ],
     sqlite: [
         transactional_enqueue_on_sqlite_exists_only_if_the_transaction_commits,

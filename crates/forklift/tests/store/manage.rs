@@ -8,6 +8,7 @@ use forklift::store::minutes::bucket_of;
 use forklift::store::{Completion, Event, ListParams, Metric, MinuteStat};
 use forklift::{Error, ErrorEntry, JobId, JobStatus, NewJob, TenantId};
 use serde_json::json;
+use sqlx::Connection;
 
 use crate::support::Harness;
 use crate::{completion, error_entry, fetch_one, fetch_params, lease, noop};
@@ -621,5 +622,30 @@ pub async fn a_narrow_filter_reads_a_bounded_range_and_says_where_to_go_on(h: Ha
         (cancelled.jobs.len(), cancelled.next_cursor),
         (1, None),
         "{cancelled:?}"
+    );
+}
+
+pub async fn a_write_by_a_schema_qualified_name_is_counted_in_that_schema(h: Harness) {
+    let a = h.client();
+    let id = a.enqueue(noop()).await.unwrap().job.job_id;
+    // An operator's session on the database's default search_path.
+    let mut conn = sqlx::PgConnection::connect(&forklift_testkit::database_url().await)
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "update {}.forklift_jobs set status = 'CANCELLED', completed_at = now() where id = $1",
+        h.pg_schema().name
+    ))
+    .bind(id.0)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let counts = h.store.job_counts(a.tenant()).await.unwrap();
+    assert_eq!(
+        counts
+            .iter()
+            .map(|c| (c.status, c.count))
+            .collect::<Vec<_>>(),
+        [(JobStatus::Cancelled, 1)]
     );
 }
