@@ -21,8 +21,9 @@ started=0
 if ! "$work/pg.sh" status >/dev/null 2>&1; then "$work/pg.sh" start >/dev/null; started=1; fi
 "$work/pg.sh" settings | tee "$logs/settings.txt"
 
-# Phase 1: burn-down and latency, through the peers' own interleaving harness.
-EXTRA_CMD="DATABASE_URL=$url RUST_LOG=warn $forklift bench --reps 1 --jobs $jobs --what burndown,latency" \
+# Phase 1: burn-down (library worker, and end to end through the API of `serve` as
+# shipped) and latency, through the peers' own interleaving harness.
+EXTRA_CMD="DATABASE_URL=$url RUST_LOG=error $forklift bench --reps 1 --jobs $jobs --what burndown,latency,api" \
   "$work/anchors.sh" "$rounds" "$jobs" 2>&1 | tee "$logs/anchors.log"
 "$work/pg.sh" status >/dev/null 2>&1 || "$work/pg.sh" start >/dev/null
 

@@ -48,7 +48,12 @@ def ratio(label, ours, theirs, goal, higher_better=True):
     rows.append((label, a, b, r, goal, ok))
 
 F = "forklift"
-ratio("burn-down vs graphile-worker", (F, "throughput burn-down"), ("graphile", "throughput burn-down"), 1.5)
+API = "burn-down through the API"
+ratio("burn-down through the API, serve as shipped, /stats polled, vs graphile-worker",
+      (F, API + " 50000, serve defaults, GET /stats"), ("graphile", "throughput burn-down"), 1.5)
+ratio("the same, /stats polled every 100 ms vs not polled (cost < 3 %)",
+      (F, API + " 50000, serve defaults, GET /stats"), (F, API + " 50000, serve defaults, no polling"), 0.97)
+ratio("burn-down (library worker as shipped) vs graphile-worker", (F, "throughput burn-down"), ("graphile", "throughput burn-down"), 1.5)
 ratio("burn-down vs pg-boss", (F, "throughput burn-down"), ("pgboss", "throughput burn-down"), 1.0)
 ratio("burn-down vs apalis", (F, "throughput burn-down"), ("apalis", "throughput burn-down"), 1.0)
 ratio("burn-down vs ceiling (claim 100 + update, 4 clients)", (F, "throughput burn-down"),
