@@ -29,6 +29,8 @@ create table forklift_count_deltas (
     status    text   not null,
     jobs      bigint not null
 );
+-- A read takes its tenant's deltas only, however many a slow fold has left.
+create index forklift_count_deltas_tenant on forklift_count_deltas (tenant_id);
 
 -- Per tenant and minute: attempts completed (SUCCESS, PARTIAL_SUCCESS) and failed, and
 -- histograms of the wait (run_at to start) and of the run time (start to finish), as the
@@ -43,6 +45,8 @@ create table forklift_minutes (
     jobs      bigint      not null,
     primary key (tenant_id, minute, metric, bucket)
 );
+-- Forgetting old minutes is a range of this index, not a scan.
+create index forklift_minutes_minute on forklift_minutes (minute);
 
 create function forklift_count_inserted() returns trigger language plpgsql
 set search_path from current as $$

@@ -21,6 +21,8 @@ create table forklift_minutes (
     jobs      integer not null,
     primary key (tenant_id, minute, metric, bucket)
 ) strict, without rowid;
+-- Forgetting old minutes is a range of this index, not a scan.
+create index forklift_minutes_minute on forklift_minutes (minute);
 
 create trigger forklift_count_inserted after insert on forklift_jobs begin
     insert into forklift_counts values (new.tenant_id, new.queue, new.job_type, new.status, 1)

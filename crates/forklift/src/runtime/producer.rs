@@ -26,7 +26,7 @@ use super::running::Running;
 use super::telemetry::Telemetry;
 use crate::metric_labels::RunLabels;
 use crate::store::{Completion, FetchParams, Lease, LeasedJob, Store};
-use crate::worker::{JobContext, Registered};
+use crate::worker::{JobContext, JobError, Registered};
 
 /// What a queue's producer shares with the rest of the runtime.
 pub(crate) struct QueueState {
@@ -117,6 +117,7 @@ pub(crate) struct Shared {
 
 pub(crate) async fn run(shared: Arc<Shared>, queue: Arc<QueueState>, stop: CancellationToken) {
     loop {
+        release_stale(&shared, &queue).await;
         fill(&shared, &queue, &stop).await;
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -128,6 +129,8 @@ pub(crate) async fn run(shared: Arc<Shared>, queue: Arc<QueueState>, stop: Cance
 
 /// Fetches until the queue is empty or there is no room left.
 async fn fill(shared: &Arc<Shared>, queue: &Arc<QueueState>, stop: &CancellationToken) {
+    // Jobs leased ahead first (held back while renewals failed, say).
+    start_ready(shared, queue);
     while !stop.is_cancelled() && queue.maybe_more.swap(false, Ordering::AcqRel) {
         if shared.running.renewals_failing() {
             // Leases cannot be renewed now: taking more jobs would only add leases that
@@ -254,6 +257,48 @@ impl Shared {
     }
 }
 
+/// The longest a job waits leased ahead for a slot: past it, it goes back to the queue
+/// for any process with room (slow jobs took the slots the estimate counted on).
+const MOST_AHEAD_WAIT: Duration = Duration::from_secs(1);
+
+/// Gives back the jobs leased ahead that waited longer than [`MOST_AHEAD_WAIT`], without
+/// using their attempt.
+async fn release_stale(shared: &Arc<Shared>, queue: &Arc<QueueState>) {
+    let stale: Vec<Prepared> = {
+        let mut ready = queue.ready.lock().unwrap();
+        let fresh = ready
+            .iter()
+            .position(|p| p.leased_at.elapsed() < MOST_AHEAD_WAIT)
+            .unwrap_or(ready.len());
+        ready.drain(..fresh).collect()
+    };
+    if stale.is_empty() {
+        return;
+    }
+    // The estimate leased too deep: count the queue's jobs as slow until its next attempts
+    // say otherwise (a few dozen short ones bring the average back), so that it does not
+    // lease as deep again at once.
+    queue
+        .run_micros
+        .fetch_max(MOST_AHEAD_WAIT.as_micros() as u64, Ordering::Relaxed);
+    let leases: Vec<Lease> = stale.iter().map(|p| p.lease).collect();
+    for lease in &leases {
+        shared.running.remove(lease.job_id);
+    }
+    for p in &stale {
+        shared.unreserve(&p.ctx.job().job_type, 1);
+    }
+    match shared.store.job_release_many(&leases).await {
+        Ok(n) => {
+            tracing::debug!(queue = %queue.name, released = n, "gave back jobs that waited leased ahead")
+        }
+        // Their leases lapse and the rescuer puts them back.
+        Err(e) => {
+            tracing::warn!(queue = %queue.name, error = %e, "could not give back jobs leased ahead")
+        }
+    }
+}
+
 /// Folds one more measurement into a recent average (an exponential moving average, with
 /// a weight of 1/8 for the newest).
 fn average(avg: &AtomicU64, took: Duration) {
@@ -273,12 +318,14 @@ struct Prepared {
     lease: Lease,
     ctx: JobContext,
     reg: Arc<Registered>,
+    leased_at: std::time::Instant,
 }
 
 /// Adds fetched jobs to the running set, then starts as many as there are free slots; the
 /// others wait, leased ahead, for the next slot that frees.
 fn take(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>) {
     let mut ready = Vec::with_capacity(jobs.len());
+    let leased_at = std::time::Instant::now();
     for leased in jobs {
         let Some(reg) = shared.handlers.get(&leased.job.job_type).cloned() else {
             continue; // unreachable: the fetch asked only for registered types
@@ -289,16 +336,22 @@ fn take(shared: &Arc<Shared>, queue: &Arc<QueueState>, jobs: Vec<LeasedJob>) {
         };
         let ctx = JobContext::new(leased.job);
         shared.running.insert(lease, ctx.clone());
-        ready.push(Prepared { lease, ctx, reg });
+        ready.push(Prepared {
+            lease,
+            ctx,
+            reg,
+            leased_at,
+        });
     }
     queue.ready.lock().unwrap().extend(ready);
     start_ready(shared, queue);
 }
 
-/// Starts jobs leased ahead while there are free slots (not once shutdown began: those
-/// are released instead).
+/// Starts jobs leased ahead while there are free slots: not once shutdown began (they are
+/// released instead), nor while lease renewals fail (their leases may lapse and the jobs
+/// run elsewhere; they start once a renewal succeeds).
 fn start_ready(shared: &Arc<Shared>, queue: &Arc<QueueState>) {
-    while !shared.stop_fetching.is_cancelled() {
+    while !shared.stop_fetching.is_cancelled() && !shared.running.renewals_failing() {
         let Ok(permit) = queue.slots.clone().try_acquire_owned() else {
             return;
         };
@@ -315,7 +368,9 @@ fn start(
     job: Prepared,
     permit: OwnedSemaphorePermit,
 ) {
-    let Prepared { lease, ctx, reg } = job;
+    let Prepared {
+        lease, ctx, reg, ..
+    } = job;
     shared.telemetry.started(ctx.job());
     if let Some(started) = ctx.job().started_at {
         let wait = (started - ctx.job().run_at)
@@ -339,12 +394,20 @@ fn start(
         // handler future whose drop panics at its timeout): a panic here would leave the
         // job in the running set, renewed for ever, and its per-type room taken.
         let began = std::time::Instant::now();
-        let ending = AssertUnwindSafe(run_attempt(&*reg.handler, &ctx, timeout))
-            .catch_unwind()
-            .await
-            .unwrap_or_else(|_| {
-                Ending::Panicked("the handler's future panicked when dropped".into())
-            });
+        let ending = if ctx.is_cancelled() {
+            // Cancelled while it waited, leased ahead (asked by a user, its lease lost, the
+            // worker stopping): not run at all, and ended as that reason says.
+            Ending::Returned(Err(
+                JobError::permanent("cancelled before it started").with_code("cancelled")
+            ))
+        } else {
+            AssertUnwindSafe(run_attempt(&*reg.handler, &ctx, timeout))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| {
+                    Ending::Panicked("the handler's future panicked when dropped".into())
+                })
+        };
         average(&queue2.run_micros, began.elapsed());
         let after = std::panic::catch_unwind(AssertUnwindSafe(|| {
             decide(

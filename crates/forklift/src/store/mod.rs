@@ -564,7 +564,6 @@ pub struct Rescued {
     pub queue: String,
 }
 
-/// Rows of (type, queue, status, count) as both stores' count queries return them.
 /// Puts fetched jobs in the order the fetch chose them: by priority, then by turn (at that
 /// priority, each tenant's first job, then each tenant's second, …), then by `run_at`. A
 /// database's `RETURNING` keeps no order.
@@ -586,6 +585,7 @@ pub(crate) fn in_turn(mut jobs: Vec<LeasedJob>) -> Vec<LeasedJob> {
     numbered.into_iter().map(|(_, l)| l).collect()
 }
 
+/// Rows of (type, queue, status, count) as both stores' count queries return them.
 pub(crate) fn job_counts_from_rows(rows: Vec<(String, String, String, i64)>) -> Vec<JobCount> {
     rows.into_iter()
         .filter_map(|(job_type, queue, status, count)| {

@@ -2,26 +2,78 @@
 //! next jobs are at hand when a slot frees; one whose jobs are slow leases only what it
 //! can start, so no process holds jobs another has room to run.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use forklift::{
-    Handler, HandlerResult, JobContext, JobStatus, NewJob, Outcome, QueueConfig, Worker,
+    Handler, HandlerResult, JobContext, JobStatus, NewJob, Outcome, QueueConfig, Registry, Worker,
     WorkerConfig,
 };
 use serde_json::json;
 
 use crate::registry;
-use crate::support::{Harness, enqueue_ids, fast_config, wait_status};
+use crate::support::{Harness, enqueue_ids, fast_config, wait_for, wait_status};
 
-/// Holds its slot until the worker stops.
-struct Gate;
+/// Holds its slot until the test opens it or the worker stops.
+#[derive(Clone)]
+struct Gate(Arc<tokio::sync::Semaphore>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate(Arc::new(tokio::sync::Semaphore::new(0)))
+    }
+}
 
 impl Handler for Gate {
     type Payload = serde_json::Value;
     async fn run(&self, _: serde_json::Value, ctx: JobContext) -> HandlerResult {
-        ctx.cancelled().await;
+        tokio::select! {
+            _ = ctx.cancelled() => {}
+            _ = self.0.acquire() => {}
+        }
         Ok(Outcome::Success)
     }
+}
+
+impl Gate {
+    fn open(&self) {
+        self.0.add_permits(1_000);
+    }
+}
+
+/// Counts its runs.
+#[derive(Clone, Default)]
+struct Counted(Arc<AtomicUsize>);
+
+impl Handler for Counted {
+    type Payload = serde_json::Value;
+    async fn run(&self, _: serde_json::Value, _: JobContext) -> HandlerResult {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(Outcome::Success)
+    }
+}
+
+/// A worker with one slot whose queue has learnt that its jobs are short, running a gate
+/// at priority 0 with `behind` jobs leased ahead of it; returns the ids, gate first.
+async fn gate_with_jobs_behind(
+    h: &Harness,
+    reg: Registry,
+    behind: Vec<NewJob>,
+) -> (Worker, Vec<forklift::JobId>) {
+    let worker = Worker::start(h.dyn_store(), reg, one_slot());
+    let client = h.client();
+    let warm = enqueue_ids(&client, &vec![NewJob::new("noop", json!({})); 20]).await;
+    for id in &warm {
+        wait_status(&client, *id, JobStatus::Success).await;
+    }
+    let mut batch = vec![NewJob::new("gate", json!({})).priority(0)];
+    batch.extend(behind);
+    let ids = enqueue_ids(&client, &batch).await;
+    for id in &ids {
+        wait_for(&client, *id, "leased", |j| j.status == JobStatus::Running).await;
+    }
+    (worker, ids)
 }
 
 fn one_slot() -> WorkerConfig {
@@ -34,31 +86,61 @@ fn one_slot() -> WorkerConfig {
 
 pub async fn jobs_leased_ahead_are_released_at_shutdown_without_using_an_attempt(h: Harness) {
     let mut reg = registry();
-    reg.register("gate", Gate);
-    let worker = Worker::start(h.dyn_store(), reg, one_slot());
-    let client = h.client();
-    // Short jobs first, so the queue knows its jobs end well within a fetch.
-    let warm = enqueue_ids(&client, &vec![NewJob::new("noop", json!({})); 20]).await;
-    for id in &warm {
-        wait_status(&client, *id, JobStatus::Success).await;
-    }
-    let mut batch = vec![NewJob::new("gate", json!({})).priority(0)];
-    batch.extend(vec![NewJob::new("noop", json!({})); 10]);
-    let ids = enqueue_ids(&client, &batch).await;
-    wait_status(&client, ids[0], JobStatus::Running).await;
-    // The gate holds the only slot; the ten behind it were leased with it, ahead.
-    for id in &ids[1..] {
-        wait_status(&client, *id, JobStatus::Running).await;
-    }
-    assert_eq!(worker.running(), 11);
+    reg.register("gate", Gate::default());
+    let behind = vec![NewJob::new("noop", json!({})); 10];
+    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind).await;
     worker.shutdown().await;
     // (The gate itself ends as its handler chose when told to stop.)
+    let client = h.client();
     for id in &ids[1..] {
         let job = client.get(*id).await.unwrap();
         assert_eq!((job.status, job.attempt), (JobStatus::Queued, 0), "{id}");
         assert!(job.errors.is_empty(), "{id}");
     }
     assert_eq!(h.count_where("status = 'RUNNING'").await, 0);
+}
+
+pub async fn jobs_leased_ahead_go_back_to_the_queue_when_no_slot_frees(h: Harness) {
+    let gate = Gate::default();
+    let mut reg = registry();
+    reg.register("gate", gate.clone());
+    let behind = vec![NewJob::new("noop", json!({})); 10];
+    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind).await;
+    let client = h.client();
+    // The gate still holds the slot: within a second or two the ten are given back,
+    // their attempt returned, for any process with room.
+    for id in &ids[1..] {
+        let job = wait_for(&client, *id, "given back", |j| {
+            j.status == JobStatus::Queued
+        })
+        .await;
+        assert_eq!(job.attempt, 0, "{id}");
+    }
+    assert_eq!(client.get(ids[0]).await.unwrap().status, JobStatus::Running);
+    gate.open();
+    for id in &ids {
+        wait_status(&client, *id, JobStatus::Success).await;
+    }
+    worker.shutdown().await;
+}
+
+pub async fn a_job_cancelled_while_leased_ahead_never_runs(h: Harness) {
+    let (gate, counted) = (Gate::default(), Counted::default());
+    let mut reg = registry();
+    reg.register("gate", gate.clone());
+    reg.register("counted", counted.clone());
+    let behind = vec![NewJob::new("counted", json!({}))];
+    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind).await;
+    let client = h.client();
+    client.cancel(ids[1]).await.unwrap();
+    // Once the worker has heard of the cancel (at once by NOTIFY; at the next renewal on
+    // SQLite), the slot frees and the cancelled job comes up first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    gate.open();
+    let job = wait_status(&client, ids[1], JobStatus::Cancelled).await;
+    assert_eq!(counted.0.load(Ordering::SeqCst), 0, "its handler never ran");
+    assert_eq!(job.attempt, 1);
+    worker.shutdown().await;
 }
 
 pub async fn slow_jobs_are_not_leased_ahead(h: Harness) {

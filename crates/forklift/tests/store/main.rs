@@ -84,6 +84,7 @@ conformance! {
         a_backlog_no_fetch_may_take_is_stepped_over,
         counts_follow_every_change_exactly,
         a_narrow_filter_reads_a_bounded_range_and_says_where_to_go_on,
+        tenants_with_nothing_due_take_no_share_of_a_fetch,
     ],
     pg: [
         a_keyed_batch_that_fails_in_a_later_round_writes_nothing,

@@ -441,3 +441,20 @@ pub async fn a_backlog_no_fetch_may_take_is_stepped_over(h: Harness) {
     }
     assert_eq!(taken, 90);
 }
+
+pub async fn tenants_with_nothing_due_take_no_share_of_a_fetch(h: Harness) {
+    let a = h.client();
+    a.enqueue_many(&vec![noop(); 100]).await.unwrap();
+    for _ in 0..30 {
+        a.for_tenant(TenantId(Uuid::new_v4()))
+            .enqueue(noop().delay(Duration::from_secs(3600)))
+            .await
+            .unwrap();
+    }
+    let fetched = h
+        .store
+        .job_fetch_available(&fetch_params(50))
+        .await
+        .unwrap();
+    assert_eq!(fetched.len(), 50);
+}

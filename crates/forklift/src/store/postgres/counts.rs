@@ -30,19 +30,40 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
     if !turn {
         return Ok(());
     }
-    sqlx::query(
+    let emptied: Vec<(uuid::Uuid, String, String, String)> = sqlx::query_as(
         "with moved as (delete from forklift_count_deltas returning *)
          insert into forklift_counts
          select tenant_id, queue, job_type, status, sum(jobs) from moved group by 1, 2, 3, 4
          on conflict (tenant_id, queue, job_type, status)
-         do update set jobs = forklift_counts.jobs + excluded.jobs",
+         do update set jobs = forklift_counts.jobs + excluded.jobs
+         returning tenant_id, queue, job_type, status, jobs = 0",
     )
-    .execute(&mut *tx)
-    .await?;
-    // Totals that reached zero (a type or queue no longer used), and minutes past any window.
-    sqlx::query("delete from forklift_counts where jobs = 0")
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .filter_map(
+        |(t, q, ty, st, zero): (uuid::Uuid, String, String, String, bool)| {
+            zero.then_some((t, q, ty, st))
+        },
+    )
+    .collect();
+    // Totals this fold brought to zero (a type or queue no longer used): only those.
+    if !emptied.is_empty() {
+        let (tenants, queues, types, statuses): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = columns(emptied);
+        sqlx::query(
+            "delete from forklift_counts c
+             using unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) as k(tenant_id, queue, job_type, status)
+             where (c.tenant_id, c.queue, c.job_type, c.status) = (k.tenant_id, k.queue, k.job_type, k.status)
+               and c.jobs = 0",
+        )
+        .bind(&tenants)
+        .bind(&queues)
+        .bind(&types)
+        .bind(&statuses)
         .execute(&mut *tx)
         .await?;
+    }
+    // Minutes past any window: a range of the minutes' index.
     sqlx::query("delete from forklift_minutes where minute < now() - make_interval(secs => $1)")
         .bind(MINUTES_KEPT.as_secs_f64())
         .execute(&mut *tx)
@@ -51,18 +72,38 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
     Ok(())
 }
 
+/// Splits rows of four into four columns.
+fn columns<A, B, C, D>(rows: Vec<(A, B, C, D)>) -> (Vec<A>, Vec<B>, Vec<C>, Vec<D>) {
+    let mut out = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (a, b, c, d) in rows {
+        out.0.push(a);
+        out.1.push(b);
+        out.2.push(c);
+        out.3.push(d);
+    }
+    out
+}
+
 /// Folds every [`FOLD_EVERY`] until `stop`. Every process with a store does, so deltas
 /// never pile up whatever runs (API only, workers only); the lock makes them take turns.
 pub async fn fold_forever(pool: PgPool, stop: CancellationToken) {
     let mut every = tokio::time::interval(FOLD_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = every.tick() => {}
         }
-        if let Err(e) = fold(&pool).await {
-            tracing::debug!(error = %e, "could not fold counters; trying again");
+        match fold(&pool).await {
+            Ok(()) => failing = false,
+            // Once per outage at warn: counts stay exact meanwhile (reads add the deltas),
+            // but the deltas grow until a fold succeeds.
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "could not fold counters; trying every second");
+            }
+            Err(e) => tracing::debug!(error = %e, "could not fold counters"),
         }
     }
 }

@@ -24,11 +24,13 @@ fn split(leases: &[Lease]) -> (Vec<Uuid>, Vec<Uuid>) {
 /// 1. `pairs`: the (tenant, type) pairs that have queued jobs in the queue, one index step
 ///    each (a loose index scan), so a backlog of a type no worker here handles, or of a
 ///    paused tenant, costs one step however many rows it holds;
-/// 2. `eligible`: the pairs of types asked for, of tenants whose queue is not paused;
+/// 2. `eligible`: the pairs of types asked for, of tenants whose queue is not paused, with
+///    a job due now (jobs scheduled for later do not count);
 /// 3. `candidates`: the first due jobs of each eligible pair, locked with SKIP LOCKED (so
 ///    concurrent fetchers each take different jobs without waiting), numbered by their
-///    `turn` within their tenant and priority. Each pair offers twice its share of the limit (at least
-///    10), which bounds the rows locked when many tenants have work;
+///    `turn` within their tenant and priority. Each pair offers twice its share of the
+///    limit: about twice the limit in all, or one row per pair when there are more pairs
+///    than that (the rows locked and not picked are unlocked when the statement ends);
 /// 4. `picked`: by priority, then turn, so that at one priority the tenants with due jobs
 ///    take turns (one job each, then the second of each, …) instead of the oldest backlog
 ///    taking the whole fetch; then by `run_at`. Candidates not picked are unlocked when
@@ -46,6 +48,9 @@ const FETCH: &str = "with recursive pairs as (
         select e.tenant_id, e.job_type, count(*) over () as pairs from pairs e
         where e.job_type = any($2)
           and not exists (select 1 from forklift_queue_pauses q where q.tenant_id = e.tenant_id and q.queue = $1)
+          and exists (select 1 from forklift_jobs d
+                      where d.status = 'QUEUED' and d.queue = $1 and d.tenant_id = e.tenant_id
+                        and d.job_type = e.job_type and d.run_at <= now())
     ), candidates as (
         select c.id, c.priority, c.run_at,
                row_number() over (partition by e.tenant_id, c.priority order by c.run_at, c.id) as turn
@@ -54,7 +59,7 @@ const FETCH: &str = "with recursive pairs as (
             where j.status = 'QUEUED' and j.queue = $1 and j.tenant_id = e.tenant_id
               and j.job_type = e.job_type and j.run_at <= now()
             order by j.priority, j.run_at, j.id
-            limit least($3, greatest(10, ceil(2.0 * $3 / e.pairs)))
+            limit least($3, ceil(2.0 * $3 / e.pairs))
             for update skip locked) c
     ), picked as (
         select id from candidates order by priority, turn, run_at, id limit $3

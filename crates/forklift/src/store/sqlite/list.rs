@@ -21,10 +21,18 @@ pub async fn list(pool: &SqlitePool, tenant: TenantId, p: &ListParams) -> Result
         if i > 0 {
             q.push(" union all ");
         }
-        q.push(format!(
-            "select * from (select {JOB_COLUMNS} from forklift_jobs"
-        ));
+        q.push("select * from (");
+        if plan.narrowed {
+            q.push("select * from (");
+        }
+        q.push(format!("select {JOB_COLUMNS} from forklift_jobs"));
         range(&mut q, tenant, &plan, *status);
+        if plan.narrowed {
+            // Read in the index's order, at most the bound, then filter (as on PostgreSQL).
+            q.push(" order by created_at desc, id desc limit ")
+                .push_bind(LIST_SCAN_ROWS)
+                .push(") where true");
+        }
         if let Some(t) = &plan.params.job_type {
             q.push(" and job_type = ").push_bind(t.clone());
         }

@@ -39,8 +39,8 @@ fn leases_json(leases: &[Lease]) -> String {
 }
 
 /// The (tenant, type) pairs with queued jobs in queue `?1`, one index step each (a loose
-/// index scan: the next tenant, then each of its types), of the types in `?2` and tenants
-/// whose queue is not paused. A backlog of a type no worker here handles, or of a paused
+/// index scan: the next tenant, then each of its types), of the types in `?2`, of tenants
+/// whose queue is not paused, with a job due at `?3`. A backlog of a type no worker here handles, or of a paused
 /// tenant, costs a step, not a walk over its rows.
 const ELIGIBLE_PAIRS: &str = "with recursive tenants(tenant_id) as (
         select min(tenant_id) from forklift_jobs where status = 'QUEUED' and queue = ?1
@@ -60,10 +60,13 @@ const ELIGIBLE_PAIRS: &str = "with recursive tenants(tenant_id) as (
     )
     select hex(p.tenant_id) as tenant, p.job_type from pairs p
     where p.job_type in (select value from json_each(?2))
-      and not exists (select 1 from forklift_queue_pauses q where q.tenant_id = p.tenant_id and q.queue = ?1)";
+      and not exists (select 1 from forklift_queue_pauses q where q.tenant_id = p.tenant_id and q.queue = ?1)
+      and exists (select 1 from forklift_jobs d
+                  where d.status = 'QUEUED' and d.queue = ?1 and d.tenant_id = p.tenant_id
+                    and d.job_type = p.job_type and d.run_at <= ?3)";
 
-/// Leases the first due jobs: each eligible pair offers twice its share of the limit (at
-/// least 10); among them, by priority, then by turn within the tenant (the tenants with
+/// Leases the first due jobs: each eligible pair offers twice its share of the limit;
+/// among them, by priority, then by turn within the tenant (the tenants with
 /// due jobs at one priority take turns), then by `run_at`. As on PostgreSQL, in SQLite's
 /// terms: it has no LATERAL and no correlated LIMIT, so the pairs are found first, in the
 /// same transaction (SQLite's single writer: nothing changes between the two).
@@ -72,13 +75,14 @@ pub async fn fetch(conn: &mut SqliteConnection, p: &FetchParams) -> Result<Vec<L
     let pairs: Vec<(String, String)> = sqlx::query_as(ELIGIBLE_PAIRS)
         .bind(&p.queue)
         .bind(serde_json::to_string(&p.types).expect("strings serialize"))
+        .bind(now)
         .fetch_all(&mut *conn)
         .await?;
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
     let limit = p.limit.max(1) as u64;
-    let share = (2 * limit).div_ceil(pairs.len() as u64).max(10).min(limit) as i64;
+    let share = (2 * limit).div_ceil(pairs.len() as u64).min(limit) as i64;
     let pairs_json = serde_json::to_string(&pairs).expect("strings serialize");
     let rows: Vec<JobRow> = sqlx::query_as(&format!(
         "with candidates as (
