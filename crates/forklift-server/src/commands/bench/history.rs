@@ -45,6 +45,9 @@ pub async fn history(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
         if size == "history" {
             fill(pg.pool(), args.history_rows).await?;
         }
+        // Both phases start from written-out pages (a previous run's dropped schema, or
+        // the fill, would otherwise be flushed during the measurements).
+        checkpoint(pg.pool()).await;
         for (label, path) in READS {
             let url = format!("{base}{path}");
             let mut ms = Vec::with_capacity(CALLS);
@@ -126,4 +129,12 @@ async fn fill(pool: &sqlx::PgPool, rows: usize) -> anyhow::Result<()> {
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// Writes dirty pages out now rather than during a measurement (needs a superuser; without
+/// one, the figures may carry a checkpoint's writes).
+async fn checkpoint(pool: &sqlx::PgPool) {
+    if let Err(e) = sqlx::query("checkpoint").execute(pool).await {
+        eprintln!("history: no checkpoint ({e}); figures may include its writes");
+    }
 }
