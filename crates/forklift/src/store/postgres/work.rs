@@ -48,9 +48,14 @@ const FETCH: &str = "with recursive pairs as (
         select e.tenant_id, e.job_type, count(*) over () as pairs from pairs e
         where e.job_type = any($2)
           and not exists (select 1 from forklift_queue_pauses q where q.tenant_id = e.tenant_id and q.queue = $1)
-          and exists (select 1 from forklift_jobs d
-                      where d.status = 'QUEUED' and d.queue = $1 and d.tenant_id = e.tenant_id
-                        and d.job_type = e.job_type and d.run_at <= now())
+          -- One probe of the due index per pair. (An `exists` was planned as a semi-join
+          -- reading the queue's whole backlog, and a bare `limit 1` as a sequential scan
+          -- hoping for an early match: the index's own order keeps it a probe.)
+          and (select true from forklift_jobs d
+               where d.status = 'QUEUED' and d.queue = $1 and d.tenant_id = e.tenant_id
+                 and d.job_type = e.job_type and d.run_at <= now()
+               order by d.priority, d.run_at, d.id
+               limit 1)
     ), candidates as (
         select c.id, c.priority, c.run_at,
                row_number() over (partition by e.tenant_id, c.priority order by c.run_at, c.id) as turn
