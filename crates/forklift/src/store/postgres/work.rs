@@ -35,6 +35,14 @@ fn split(leases: &[Lease]) -> (Vec<Uuid>, Vec<Uuid>) {
 ///    take turns (one job each, then the second of each, …) instead of the oldest backlog
 ///    taking the whole fetch; then by `run_at`. Candidates not picked are unlocked when
 ///    the statement ends.
+///
+/// The lease is committed without waiting for its WAL flush (`synchronous_commit` off for
+/// this statement's transaction alone): half the fetch's time for one job. Nothing is
+/// lost that matters: if PostgreSQL itself crashes before the flush, the job is `QUEUED`
+/// again after recovery and another worker runs it (at least once, as after any crash);
+/// this worker's renewal no longer finds the lease and stops its handler, and its
+/// completion, guarded by the token, changes nothing. A completion is flushed, and with
+/// it (the WAL being one sequence) every lease committed before it.
 const FETCH: &str = "with recursive pairs as (
         (select tenant_id, job_type from forklift_jobs
          where status = 'QUEUED' and queue = $1
@@ -73,7 +81,8 @@ const FETCH: &str = "with recursive pairs as (
         status = 'RUNNING', attempt = j.attempt + 1, started_at = now(), updated_at = now(),
         lease_owner = $4, lease_token = gen_random_uuid(),
         lease_expires_at = now() + make_interval(secs => $5)
-    from picked where j.id = picked.id
+    from picked, (select set_config('synchronous_commit', 'off', true)) as lease_not_flushed
+    where j.id = picked.id
     returning ";
 
 pub async fn fetch(pool: &PgPool, p: &FetchParams) -> Result<Vec<LeasedJob>> {
