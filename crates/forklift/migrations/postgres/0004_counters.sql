@@ -8,7 +8,7 @@
 -- into `forklift_counts` every second; readers add the deltas not folded yet, so counts
 -- are exact whenever they are read.
 
--- The trigger functions keep the search_path of this migration (`set search_path from
+-- The trigger function keeps the search_path of this migration (`set search_path from
 -- current`): a session that writes to the jobs by a schema-qualified name, with another
 -- search_path, still counts into this schema's tables.
 
@@ -48,43 +48,37 @@ create table forklift_minutes (
 -- Forgetting old minutes is a range of this index, not a scan.
 create index forklift_minutes_minute on forklift_minutes (minute);
 
-create function forklift_count_inserted() returns trigger language plpgsql
+-- One function for the three triggers below: the rows as they were (`before`: deletes and
+-- updates) are taken away and the rows as they are (`after`: inserts and updates) added.
+-- A statement that changes no status (a heartbeat, a progress write) cancels out and adds
+-- nothing. (Grouping each side apart spares joining old rows to new, which cost more than
+-- the statement.)
+create function forklift_count_changed() returns trigger language plpgsql
 set search_path from current as $$
 begin
-    insert into forklift_count_deltas
-    select tenant_id, queue, job_type, status, count(*) from inserted group by 1, 2, 3, 4;
-    return null;
-end $$;
-
-create function forklift_count_deleted() returns trigger language plpgsql
-set search_path from current as $$
-begin
-    insert into forklift_count_deltas
-    select tenant_id, queue, job_type, status, -count(*) from deleted group by 1, 2, 3, 4;
-    return null;
-end $$;
-
-create function forklift_count_updated() returns trigger language plpgsql
-set search_path from current as $$
-begin
-    -- The rows as they were, taken away, and as they are, added: a statement that changes
-    -- no status (a heartbeat, a progress write) cancels out and adds nothing. (Grouping
-    -- each side apart spares joining old rows to new, which cost more than the statement.)
-    insert into forklift_count_deltas
-    select tenant_id, queue, job_type, status, sum(jobs) from (
-        select tenant_id, queue, job_type, status, -count(*) as jobs from before group by 1, 2, 3, 4
-        union all
-        select tenant_id, queue, job_type, status, count(*) from after group by 1, 2, 3, 4
-    ) c group by 1, 2, 3, 4 having sum(jobs) <> 0;
+    if tg_op = 'INSERT' then
+        insert into forklift_count_deltas
+        select tenant_id, queue, job_type, status, count(*) from after group by 1, 2, 3, 4;
+    elsif tg_op = 'DELETE' then
+        insert into forklift_count_deltas
+        select tenant_id, queue, job_type, status, -count(*) from before group by 1, 2, 3, 4;
+    else
+        insert into forklift_count_deltas
+        select tenant_id, queue, job_type, status, sum(jobs) from (
+            select tenant_id, queue, job_type, status, -count(*) as jobs from before group by 1, 2, 3, 4
+            union all
+            select tenant_id, queue, job_type, status, count(*) from after group by 1, 2, 3, 4
+        ) c group by 1, 2, 3, 4 having sum(jobs) <> 0;
+    end if;
     return null;
 end $$;
 
 create trigger forklift_count_inserted after insert on forklift_jobs
-    referencing new table as inserted for each statement execute function forklift_count_inserted();
+    referencing new table as after for each statement execute function forklift_count_changed();
 create trigger forklift_count_deleted after delete on forklift_jobs
-    referencing old table as deleted for each statement execute function forklift_count_deleted();
+    referencing old table as before for each statement execute function forklift_count_changed();
 create trigger forklift_count_updated after update on forklift_jobs
-    referencing old table as before new table as after for each statement execute function forklift_count_updated();
+    referencing old table as before new table as after for each statement execute function forklift_count_changed();
 
 -- The jobs already there. Creating the triggers locked out writers until this migration
 -- commits, so no change falls between the count and the first delta.

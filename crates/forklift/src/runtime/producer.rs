@@ -312,6 +312,11 @@ fn average(avg: &AtomicU64, took: Duration) {
     avg.store(next.max(1), Ordering::Relaxed);
 }
 
+/// The time from `from` to `to`, none if `to` is earlier (clocks of two machines).
+fn elapsed(from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>) -> Duration {
+    (to - from).to_std().unwrap_or(Duration::ZERO)
+}
+
 /// A leased job ready to start: in the running set (so its lease is renewed, and
 /// released at shutdown), with its handler.
 struct Prepared {
@@ -371,16 +376,12 @@ fn start(
     let Prepared {
         lease, ctx, reg, ..
     } = job;
-    shared.telemetry.started(ctx.job());
     if let Some(started) = ctx.job().started_at {
-        let wait = (started - ctx.job().run_at)
-            .num_microseconds()
-            .unwrap_or(0)
-            .max(0) as f64
-            / 1e6;
+        let wait = elapsed(ctx.job().run_at, started);
+        shared.telemetry.started(ctx.job().tenant_id, started, wait);
         let (type_label, queue_label) = shared.labels.of(&ctx.job().job_type, &queue.name);
         metrics::histogram!("forklift_job_wait_seconds", "type" => type_label, "queue" => queue_label)
-            .record(wait);
+            .record(wait.as_secs_f64());
     }
     let timeout = ctx
         .job()
@@ -458,7 +459,6 @@ fn finish(
     match after {
         After::Complete(c) => {
             shared.running.remove(ctx.job_id());
-            shared.telemetry.ended(job, c.status);
             let (job_type, queue) = shared.labels.of(&job.job_type, &job.queue);
             let labels = [
                 ("type", job_type.clone()),
@@ -467,13 +467,11 @@ fn finish(
             ];
             metrics::counter!("forklift_jobs_finished_total", &labels).increment(1);
             if let Some(started) = job.started_at {
-                let run = (chrono::Utc::now() - started)
-                    .num_microseconds()
-                    .unwrap_or(0)
-                    .max(0) as f64
-                    / 1e6;
+                let now = chrono::Utc::now();
+                let run = elapsed(started, now);
+                shared.telemetry.ended(job.tenant_id, c.status, now, run);
                 metrics::histogram!("forklift_job_run_seconds", "type" => job_type, "queue" => queue)
-                    .record(run);
+                    .record(run.as_secs_f64());
             }
             let _ = shared.completions.send(c);
         }

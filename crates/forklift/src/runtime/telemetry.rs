@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{Job, JobStatus, TenantId};
+use crate::job::{JobStatus, TenantId};
 use crate::store::minutes::{MINUTES_KEPT, bucket_of};
 use crate::store::{Metric, MinuteStat, Store};
 
@@ -28,10 +28,6 @@ fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
     at.duration_trunc(TimeDelta::minutes(1)).unwrap_or(at)
 }
 
-fn elapsed(from: DateTime<Utc>, to: DateTime<Utc>) -> Duration {
-    (to - from).to_std().unwrap_or(Duration::ZERO)
-}
-
 impl Telemetry {
     fn add(&self, tenant: TenantId, at: DateTime<Utc>, metric: Metric, bucket: i16) {
         *self
@@ -42,31 +38,20 @@ impl Telemetry {
             .or_default() += 1;
     }
 
-    /// An attempt started: its wait since `run_at`.
-    pub fn started(&self, job: &Job) {
-        if let Some(started) = job.started_at {
-            let wait = bucket_of(elapsed(job.run_at, started));
-            self.add(job.tenant_id, started, Metric::Wait, wait);
-        }
+    /// An attempt started at `started`, `wait` after its `run_at`.
+    pub fn started(&self, tenant: TenantId, started: DateTime<Utc>, wait: Duration) {
+        self.add(tenant, started, Metric::Wait, bucket_of(wait));
     }
 
-    /// An attempt ended the job with `status`: counted if final, with its run time.
-    pub fn ended(&self, job: &Job, status: JobStatus) {
+    /// An attempt ended at `at` with `status` after running `run`: counted if final.
+    pub fn ended(&self, tenant: TenantId, status: JobStatus, at: DateTime<Utc>, run: Duration) {
         let metric = match status {
             JobStatus::Success | JobStatus::PartialSuccess => Metric::Completed,
             JobStatus::Failed => Metric::Failed,
             _ => return,
         };
-        let now = Utc::now();
-        self.add(job.tenant_id, now, metric, 0);
-        if let Some(started) = job.started_at {
-            self.add(
-                job.tenant_id,
-                now,
-                Metric::Run,
-                bucket_of(elapsed(started, now)),
-            );
-        }
+        self.add(tenant, at, metric, 0);
+        self.add(tenant, at, Metric::Run, bucket_of(run));
     }
 
     fn take(&self) -> Vec<MinuteStat> {

@@ -144,6 +144,17 @@ fn error_entry(message: &str, attempt: i32) -> ErrorEntry {
     }
 }
 
+/// The ids a fetch of up to `limit` jobs leases, in the order it gives them.
+async fn fetch_ids(h: &Harness, limit: i64) -> Vec<forklift::JobId> {
+    h.store
+        .job_fetch_available(&fetch_params(limit))
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.job.job_id)
+        .collect()
+}
+
 async fn fetch_one(h: &Harness) -> LeasedJob {
     h.store
         .job_fetch_available(&fetch_params(1))

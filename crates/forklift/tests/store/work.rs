@@ -5,12 +5,12 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use forklift::store::{Completion, FetchParams, Lease, ProgressUpdate};
-use forklift::{Error, JobId, JobStatus, NewJob, TenantId};
+use forklift::{Error, JobStatus, NewJob, TenantId};
 use serde_json::json;
 use uuid::Uuid;
 
 use crate::support::Harness;
-use crate::{completion, error_entry, fetch_one, fetch_params, lease, noop};
+use crate::{completion, error_entry, fetch_ids, fetch_one, fetch_params, lease, noop};
 
 pub async fn fetch_follows_priority_then_run_at_then_id(h: Harness) {
     let client = h.client();
@@ -28,14 +28,7 @@ pub async fn fetch_follows_priority_then_run_at_then_id(h: Harness) {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let fetched: Vec<JobId> = h
-        .store
-        .job_fetch_available(&fetch_params(10))
-        .await
-        .unwrap()
-        .iter()
-        .map(|l| l.job.job_id)
-        .collect();
+    let fetched = fetch_ids(&h, 10).await;
     assert_eq!(
         fetched,
         [high_early, high_late, low],
@@ -82,15 +75,7 @@ pub async fn fetch_skips_jobs_locked_by_another_transaction(h: Harness) {
         .execute(&mut *tx)
         .await
         .unwrap();
-    let fetched = h
-        .store
-        .job_fetch_available(&fetch_params(10))
-        .await
-        .unwrap();
-    assert_eq!(
-        fetched.iter().map(|l| l.job.job_id).collect::<Vec<_>>(),
-        [second]
-    );
+    assert_eq!(fetch_ids(&h, 10).await, [second]);
     tx.rollback().await.unwrap();
 }
 
@@ -120,15 +105,7 @@ pub async fn paused_queue_is_not_fetched_until_resumed_and_only_for_that_tenant(
     let jb = b.enqueue(noop()).await.unwrap().job.job_id;
     a.pause_queue("default").await.unwrap();
     a.pause_queue("default").await.unwrap(); // pausing twice is fine
-    let fetched = h
-        .store
-        .job_fetch_available(&fetch_params(10))
-        .await
-        .unwrap();
-    assert_eq!(
-        fetched.iter().map(|l| l.job.job_id).collect::<Vec<_>>(),
-        [jb]
-    );
+    assert_eq!(fetch_ids(&h, 10).await, [jb]);
     a.resume_queue("default").await.unwrap();
     assert_eq!(
         h.store
@@ -374,28 +351,13 @@ pub async fn at_one_priority_tenants_with_due_jobs_take_turns(h: Harness) {
     let a_jobs = crate::support::enqueue_ids(&a, &vec![noop(); 6]).await;
     let urgent = a.enqueue(noop().priority(0)).await.unwrap().job.job_id;
     let b_jobs = crate::support::enqueue_ids(&b, &vec![noop(); 2]).await;
-    let fetched: Vec<JobId> = h
-        .store
-        .job_fetch_available(&fetch_params(5))
-        .await
-        .unwrap()
-        .iter()
-        .map(|l| l.job.job_id)
-        .collect();
+    let fetched = fetch_ids(&h, 5).await;
     // Priority first; then A and B alternate, each in its own run_at order.
     assert_eq!(
         fetched,
         [urgent, a_jobs[0], b_jobs[0], a_jobs[1], b_jobs[1]]
     );
-    let rest = h
-        .store
-        .job_fetch_available(&fetch_params(10))
-        .await
-        .unwrap();
-    assert_eq!(
-        rest.iter().map(|l| l.job.job_id).collect::<Vec<_>>(),
-        a_jobs[2..]
-    );
+    assert_eq!(fetch_ids(&h, 10).await, a_jobs[2..]);
 }
 
 pub async fn a_backlog_no_fetch_may_take_is_stepped_over(h: Harness) {
@@ -410,15 +372,7 @@ pub async fn a_backlog_no_fetch_may_take_is_stepped_over(h: Harness) {
         .await
         .unwrap();
     let runnable = crate::support::enqueue_ids(&a, &vec![noop(); 3]).await;
-    let fetched = h
-        .store
-        .job_fetch_available(&fetch_params(10))
-        .await
-        .unwrap();
-    assert_eq!(
-        fetched.iter().map(|l| l.job.job_id).collect::<Vec<_>>(),
-        runnable
-    );
+    assert_eq!(fetch_ids(&h, 10).await, runnable);
     // Many tenants with a few jobs each: every one is found, however the shares fall.
     let tenants: Vec<_> = (0..30)
         .map(|_| a.for_tenant(TenantId(Uuid::new_v4())))

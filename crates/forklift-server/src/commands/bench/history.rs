@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use forklift::{Client, NewJob};
 
-use super::scenarios::{drained, serve_as_shipped};
+use super::scenarios::{enqueue_in_calls_of_1000, resume_and_drain, serve_as_shipped};
 use super::{BenchArgs, Concrete, Fresh, Results};
 
 /// The reads a dashboard makes, as (label, path).
@@ -35,16 +35,16 @@ pub async fn history(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
     // Without the per-tenant rate limit: the reads come faster than 100 a second.
     let (base, worker) = serve_as_shipped(store.clone(), false).await?;
     let http = reqwest::Client::new();
-    // A little live work, so that the filtered reads find something.
     let client = Client::new(store.clone());
-    client.pause_queue("default").await?;
-    client
-        .enqueue_many(&vec![NewJob::new("noop", serde_json::json!({})); 100])
-        .await?;
     for size in ["empty", "history"] {
         if size == "history" {
             fill(pg.pool(), args.history_rows).await?;
         }
+        // A little live work, so that the filtered reads find something.
+        client.pause_queue("default").await?;
+        client
+            .enqueue_many(&vec![NewJob::new("noop", serde_json::json!({})); 100])
+            .await?;
         // Both phases start from written-out pages (a previous run's dropped schema, or
         // the fill, would otherwise be flushed during the measurements).
         checkpoint(pg.pool()).await;
@@ -67,30 +67,15 @@ pub async fn history(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
                 ms[CALLS * 95 / 100 - 1],
             );
         }
-        let n = args.jobs;
-        let jobs = vec![NewJob::new("noop", serde_json::json!({})); 1_000];
-        let start = Instant::now();
-        for _ in 0..n.div_ceil(1_000) {
-            client.enqueue_many(&jobs).await?;
-        }
+        let (n, rate) = enqueue_in_calls_of_1000(&client, args.jobs).await?;
         out.add(
             format!("batch enqueue {n} (calls of 1,000), {size}"),
             "jobs/s",
-            n as f64 / start.elapsed().as_secs_f64(),
+            rate,
         );
         // The burn-down of what was just enqueued, by the worker `serve` runs.
-        let start = Instant::now();
-        client.resume_queue("default").await?;
-        drained(&client).await?;
-        out.add(
-            format!("burn-down {n}, {size}"),
-            "jobs/s",
-            n as f64 / start.elapsed().as_secs_f64(),
-        );
-        client.pause_queue("default").await?;
-        client
-            .enqueue_many(&vec![NewJob::new("noop", serde_json::json!({})); 100])
-            .await?;
+        let rate = resume_and_drain(&client, n + 100).await?;
+        out.add(format!("burn-down {n}, {size}"), "jobs/s", rate);
     }
     worker.shutdown().await;
     Ok(())

@@ -47,6 +47,30 @@ pub(super) async fn drained(client: &Client) -> anyhow::Result<()> {
     }
 }
 
+/// Enqueues `n` noop jobs (rounded up to thousands) in calls of 1,000; returns how many
+/// and at what rate.
+pub(super) async fn enqueue_in_calls_of_1000(
+    client: &Client,
+    n: usize,
+) -> anyhow::Result<(usize, f64)> {
+    let (calls, jobs) = (n.div_ceil(1_000), vec![noop(); 1_000]);
+    let start = Instant::now();
+    for _ in 0..calls {
+        client.enqueue_many(&jobs).await?;
+    }
+    let n = calls * 1_000;
+    Ok((n, n as f64 / start.elapsed().as_secs_f64()))
+}
+
+/// Resumes the `default` queue, holding `n` jobs, and waits until nothing is unfinished;
+/// returns jobs/s.
+pub(super) async fn resume_and_drain(client: &Client, n: usize) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    client.resume_queue("default").await?;
+    drained(client).await?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
 pub async fn batch(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
     for chunk in [args.chunk, forklift::MAX_BATCH] {
         let client = Client::new(fresh.store().await?);
@@ -477,13 +501,8 @@ pub async fn backlog(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
         let worker = bench_worker(store.clone(), registry, args.concurrency);
         tokio::time::sleep(Duration::from_millis(300)).await;
         client.pause_queue("default").await?;
-        let jobs = vec![noop(); 1_000];
-        for _ in 0..args.jobs.div_ceil(1_000) {
-            client.enqueue_many(&jobs).await?;
-        }
-        let start = Instant::now();
-        client.resume_queue("default").await?;
-        drained(&client).await?;
+        let n = enqueue_in_calls_of_1000(&client, args.jobs).await?.0;
+        let rate = resume_and_drain(&client, n).await?;
         let label = if with_backlog {
             format!(
                 "behind {} unhandled + {} paused-tenant jobs",
@@ -492,11 +511,7 @@ pub async fn backlog(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
         } else {
             "no backlog".to_string()
         };
-        out.add(
-            format!("burn-down {}, {label}", args.jobs.div_ceil(1_000) * 1_000),
-            "jobs/s",
-            args.jobs as f64 / start.elapsed().as_secs_f64(),
-        );
+        out.add(format!("burn-down {n}, {label}"), "jobs/s", rate);
         worker.shutdown().await;
     }
     Ok(())

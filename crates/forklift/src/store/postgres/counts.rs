@@ -30,7 +30,7 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
     if !turn {
         return Ok(());
     }
-    let emptied: Vec<(uuid::Uuid, String, String, String)> = sqlx::query_as(
+    let totals: Vec<(uuid::Uuid, String, String, String, bool)> = sqlx::query_as(
         "with moved as (delete from forklift_count_deltas returning *)
          insert into forklift_counts
          select tenant_id, queue, job_type, status, sum(jobs) from moved group by 1, 2, 3, 4
@@ -39,17 +39,16 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
          returning tenant_id, queue, job_type, status, jobs = 0",
     )
     .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .filter_map(
-        |(t, q, ty, st, zero): (uuid::Uuid, String, String, String, bool)| {
-            zero.then_some((t, q, ty, st))
-        },
-    )
-    .collect();
+    .await?;
     // Totals this fold brought to zero (a type or queue no longer used): only those.
-    if !emptied.is_empty() {
-        let (tenants, queues, types, statuses): (Vec<_>, Vec<_>, Vec<_>, Vec<_>) = columns(emptied);
+    let (mut tenants, mut queues, mut types, mut statuses) = (vec![], vec![], vec![], vec![]);
+    for (tenant, queue, job_type, status, _) in totals.into_iter().filter(|t| t.4) {
+        tenants.push(tenant);
+        queues.push(queue);
+        types.push(job_type);
+        statuses.push(status);
+    }
+    if !tenants.is_empty() {
         sqlx::query(
             "delete from forklift_counts c
              using unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) as k(tenant_id, queue, job_type, status)
@@ -70,18 +69,6 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
         .await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// Splits rows of four into four columns.
-fn columns<A, B, C, D>(rows: Vec<(A, B, C, D)>) -> (Vec<A>, Vec<B>, Vec<C>, Vec<D>) {
-    let mut out = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (a, b, c, d) in rows {
-        out.0.push(a);
-        out.1.push(b);
-        out.2.push(c);
-        out.3.push(d);
-    }
-    out
 }
 
 /// Folds every [`FOLD_EVERY`] until `stop`. Every process with a store does, so deltas
