@@ -101,15 +101,7 @@ impl Keeper {
         } else {
             started + self.heartbeat_interval
         };
-        // Once more at once on an error: a pooled connection the server dropped (after a
-        // failover) fails the one call that finds it, and a renewal that gives up on
-        // that stops this worker's fetching for a whole interval.
-        let renewal = async {
-            match self.store.job_heartbeat_many(&leases, self.lease_ttl).await {
-                Err(_) => self.store.job_heartbeat_many(&leases, self.lease_ttl).await,
-                held => held,
-            }
-        };
+        let renewal = self.store.job_heartbeat_many(&leases, self.lease_ttl);
         match tokio::time::timeout_at(deadline, renewal).await {
             Ok(Ok(held)) => {
                 *self.last_renewed.lock().unwrap() = started;

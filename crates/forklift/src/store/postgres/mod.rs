@@ -39,15 +39,18 @@ pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
 
 /// A pool of up to `max` connections made as `pool`'s are, opened only when used.
 ///
-/// Like the store's own pool, it hands connections out without a ping first
+/// Like the store's own pool, unless `ping` it hands connections out without a ping first
 /// (`test_before_acquire(false)`): the ping is a round trip per call, a fifth of a single
 /// enqueue's time. A connection the server dropped fails the one call that finds it
-/// (which the worker retries and the API answers with 503) and is replaced.
-fn side_pool(pool: &PgPool, max: u32) -> PgPool {
+/// (which the worker retries and the API answers with 503) and is replaced. The lease
+/// renewals' pool pings: a renewal comes every few seconds, and one that fails on a stale
+/// connection (every one is stale after a failover) stops the worker's fetching for an
+/// interval.
+fn side_pool(pool: &PgPool, max: u32, ping: bool) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(ACQUIRE_TIMEOUT)
-        .test_before_acquire(false)
+        .test_before_acquire(ping)
         .connect_lazy_with((*pool.connect_options()).clone())
 }
 
@@ -152,8 +155,8 @@ impl PgStore {
     /// (`PgConnectOptions::options`).
     pub fn from_pool(pool: PgPool) -> Self {
         let stop = CancellationToken::new();
-        let work = side_pool(&pool, WORK_CONNECTIONS);
-        let leases = side_pool(&pool, LEASE_CONNECTIONS);
+        let work = side_pool(&pool, WORK_CONNECTIONS, false);
+        let leases = side_pool(&pool, LEASE_CONNECTIONS, true);
         let notifier = Notifier::new();
         tokio::spawn(notifier.clone().run(work.clone(), stop.clone()));
         tokio::spawn(counts::fold_forever(work.clone(), stop.clone()));
