@@ -23,7 +23,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => commands::serve::serve(args).await.map(|_| 0),
             Command::Worker(args) => commands::serve::worker(args).await.map(|_| 0),
-            Command::Migrate(db) => commands::open_store(&db.database_url).await.map(|_| {
+            Command::Migrate(db) => commands::open_store(&db).await.map(|_| {
                 println!("the schema is up to date");
                 0
             }),

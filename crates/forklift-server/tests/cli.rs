@@ -281,3 +281,47 @@ fn serve_dev_on_sqlite_runs_the_quick_tour_with_nothing_installed() {
         "everything is kept in the file"
     );
 }
+
+/// The repro: `DATABASE_URL` through PgBouncer in transaction pooling mode, 200
+/// concurrent `POST /jobs`. Before `--transaction-pooler`, most answered 503 (`prepared
+/// statement "sqlx_s_5" does not exist`) and none ran. No LISTEN URL is given, so the
+/// workers find the jobs by polling.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_behind_pgbouncer_in_transaction_mode_takes_and_runs_every_job() {
+    let db = forklift_testkit::fresh_pooled_database().await;
+    let url = format!(
+        "postgres://{}@{}:{}/{}",
+        db.pooled.get_username(),
+        db.pooled.get_host(),
+        db.pooled.get_port(),
+        db.pooled.get_database().unwrap()
+    );
+    let server = Server::start(&url, &["--dev", "--transaction-pooler"]);
+    let http = reqwest::Client::new();
+    let posts = (0..200).map(|i| {
+        let (http, url) = (http.clone(), format!("{}/jobs", server.url));
+        async move {
+            let body = serde_json::json!({"type": "noop", "payload": {"i": i}});
+            http.post(url).json(&body).send().await.unwrap().status()
+        }
+    });
+    let statuses = futures::future::join_all(posts).await;
+    assert!(statuses.iter().all(|s| s.as_u16() == 202), "{statuses:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stats: Value = http
+            .get(format!("{}/stats", server.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if stats["counts"]["by_status"]["SUCCESS"] == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all jobs ran: {stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(server.stop().success(), "SIGTERM exits 0");
+}

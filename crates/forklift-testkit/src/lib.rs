@@ -1,5 +1,6 @@
 //! Test support for the integration tests of the forklift crates: each test gets its own
-//! fresh, empty PostgreSQL schema on a real server, so tests can run in parallel.
+//! fresh, empty PostgreSQL schema on a real server, so tests can run in parallel, or a
+//! database of its own behind PgBouncer ([`fresh_pooled_database`]).
 
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
@@ -12,6 +13,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use tokio::sync::OnceCell;
+
+mod pgbouncer;
+
+pub use pgbouncer::{PooledDatabase, fresh_pooled_database};
 
 /// The OS user that runs the throwaway cluster when we are root (initdb refuses root).
 const PG_USER: &str = "postgres";

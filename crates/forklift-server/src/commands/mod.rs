@@ -11,10 +11,11 @@ use anyhow::{Context, bail};
 use forklift::{PgStore, SqliteStore, Store};
 use sqlx::postgres::PgConnectOptions;
 
-use crate::cli::sqlite_path;
+use crate::cli::{DbArgs, sqlite_path};
 
 /// Opens the store a `--database-url` names and brings its schema up to date.
-pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(db: &DbArgs) -> anyhow::Result<Arc<dyn Store>> {
+    let url = db.database_url.as_str();
     let store: Arc<dyn Store> =
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options: PgConnectOptions = url
@@ -26,10 +27,21 @@ pub async fn open_store(url: &str) -> anyhow::Result<Arc<dyn Store>> {
                 options.get_port(),
                 options.get_database().unwrap_or("")
             );
-            let store = PgStore::connect(options, 20)
-                .await
-                .with_context(|| format!("could not connect to PostgreSQL at {shown}"))?;
+            let store = if db.transaction_pooler {
+                let listen = db
+                    .listen_database_url
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .context("FORKLIFT_LISTEN_DATABASE_URL is not a valid PostgreSQL URL")?;
+                PgStore::connect_through_pooler(options, 20, listen).await
+            } else {
+                PgStore::connect(options, 20).await
+            }
+            .with_context(|| format!("could not connect to PostgreSQL at {shown}"))?;
             Arc::new(store)
+        } else if db.transaction_pooler {
+            bail!("--transaction-pooler needs a postgres:// DATABASE_URL");
         } else if let Some(path) = sqlite_path(url) {
             let store = SqliteStore::connect(url).await.with_context(|| {
                 format!("could not open the SQLite database {}", path.display())

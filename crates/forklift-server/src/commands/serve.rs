@@ -89,7 +89,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 args.listen
             )
         })?;
-    let store = open_store(&args.worker.db.database_url).await?;
+    let store = open_store(&args.worker.db).await?;
     let metrics = install_metrics()?;
     let config = ApiConfig {
         dev: args.dev,
@@ -134,7 +134,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let store = open_store(&args.db.database_url).await?;
+    let store = open_store(&args.db).await?;
     let worker = start_worker(store, &args)?;
     shutdown_signal().await;
     worker.shutdown().await;

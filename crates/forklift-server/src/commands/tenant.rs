@@ -10,19 +10,19 @@ use crate::cli::TenantCommand;
 pub async fn run(cmd: TenantCommand) -> anyhow::Result<()> {
     match cmd {
         TenantCommand::Create { name, json, db } => {
-            let store = open_store(&db.database_url).await?;
+            let store = open_store(&db).await?;
             let tenant = store.tenant_create(&name).await?;
             let key = issue_key(&*store, tenant.tenant_id).await?;
             print_key(json, &tenant.tenant_id.to_string(), &key.key);
         }
         TenantCommand::AddKey { name, json, db } => {
-            let store = open_store(&db.database_url).await?;
+            let store = open_store(&db).await?;
             let tenant = find(&*store, &name).await?;
             let key = issue_key(&*store, tenant.tenant_id).await?;
             print_key(json, &tenant.tenant_id.to_string(), &key.key);
         }
         TenantCommand::List { db } => {
-            let store = open_store(&db.database_url).await?;
+            let store = open_store(&db).await?;
             let keys = store.api_key_list().await?;
             println!(
                 "{:<36}  {:<24}  {:<11}  {:<20}  REVOKED",
@@ -49,7 +49,7 @@ pub async fn run(cmd: TenantCommand) -> anyhow::Result<()> {
             }
         }
         TenantCommand::RevokeKey { prefix, db } => {
-            let store = open_store(&db.database_url).await?;
+            let store = open_store(&db).await?;
             let prefix = prefix.trim_start_matches("fk_");
             let prefix = prefix.split('_').next().unwrap_or_default();
             if !store.api_key_revoke(prefix).await? {

@@ -12,16 +12,21 @@ use std::time::Duration;
 use forklift::maintenance::MaintenanceConfig;
 use forklift::{Backoff, Client, Job, JobId, JobStatus, PgStore, SqliteStore, Store, WorkerConfig};
 use forklift_testkit::TestSchema;
+use sqlx::postgres::PgConnectOptions;
 use tempfile::TempDir;
 
 /// Instantiates tests written once as `async fn name(h: Harness)`: each name under
-/// `both` as `pg::name` and `sqlite::name`, and the names under `pg` or `sqlite` on that
-/// store only (for what only one database has: row locks, LISTEN, a SQLite connection).
+/// `both` as `pg::name`, `sqlite::name` and `pgbouncer::name` (PostgreSQL behind PgBouncer
+/// in transaction pooling mode), and the names under `pg` or `sqlite` on that store only
+/// (for what only one database has: row locks, LISTEN, a SQLite connection).
 macro_rules! conformance {
     (both: [$($both:ident),* $(,)?], pg: [$($pg:ident),* $(,)?], sqlite: [$($sqlite:ident),* $(,)?] $(,)?) => {
         mod pg {
             $(#[tokio::test] async fn $both() { super::$both($crate::support::Harness::pg().await).await })*
             $(#[tokio::test] async fn $pg() { super::$pg($crate::support::Harness::pg().await).await })*
+        }
+        mod pgbouncer {
+            $(#[tokio::test] async fn $both() { super::$both($crate::support::Harness::pgbouncer().await).await })*
         }
         mod sqlite {
             $(#[tokio::test] async fn $both() { super::$both($crate::support::Harness::sqlite().await).await })*
@@ -30,6 +35,13 @@ macro_rules! conformance {
     };
 }
 pub(crate) use conformance;
+
+/// A store through PgBouncer at `pooled`, listening straight on `direct`.
+async fn pooled_store(pooled: &PgConnectOptions, direct: &TestSchema, max: u32) -> PgStore {
+    PgStore::connect_through_pooler(pooled.clone(), max, Some(direct.connect_options()))
+        .await
+        .expect("store connects through PgBouncer")
+}
 
 /// One test's database, on one of the two stores.
 pub struct Harness {
@@ -40,14 +52,14 @@ pub struct Harness {
 
 enum Backend {
     Pg {
+        /// Straight to the server: the tests' own SQL, and LISTEN behind a pooler.
         schema: TestSchema,
         store: PgStore,
+        /// Where the store connects when it goes through PgBouncer.
+        pooler: Option<PgConnectOptions>,
     },
     /// The directory holds the database file and goes away with the harness.
-    Sqlite {
-        dir: TempDir,
-        store: SqliteStore,
-    },
+    Sqlite { dir: TempDir, store: SqliteStore },
 }
 
 impl Harness {
@@ -58,7 +70,30 @@ impl Harness {
         store.migrate().await.expect("migrations apply");
         Harness {
             store: Arc::new(store.clone()),
-            backend: Backend::Pg { schema, store },
+            backend: Backend::Pg {
+                schema,
+                store,
+                pooler: None,
+            },
+        }
+    }
+
+    /// A fresh database behind PgBouncer in transaction pooling mode, migrated through it;
+    /// LISTEN connects straight to the server, as the docs advise.
+    pub async fn pgbouncer() -> Harness {
+        let db = forklift_testkit::fresh_pooled_database().await;
+        let store = pooled_store(&db.pooled, &db.direct, 10).await;
+        store
+            .migrate()
+            .await
+            .expect("migrations apply through PgBouncer");
+        Harness {
+            store: Arc::new(store.clone()),
+            backend: Backend::Pg {
+                schema: db.direct,
+                store,
+                pooler: Some(db.pooled),
+            },
         }
     }
 
@@ -93,6 +128,11 @@ impl Harness {
     /// connections, locks and wake-ups go.
     pub async fn other_process(&self) -> Arc<dyn Store> {
         match &self.backend {
+            Backend::Pg {
+                schema,
+                pooler: Some(pooled),
+                ..
+            } => Arc::new(pooled_store(pooled, schema, 5).await),
             Backend::Pg { schema, .. } => Arc::new(
                 PgStore::connect(schema.connect_options(), 5)
                     .await

@@ -1,7 +1,7 @@
 //! Queue depths for metrics, and tenants with their API keys.
 
+use super::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -10,7 +10,7 @@ use crate::store::{ApiKeyInfo, JobCount, Tenant, job_counts_from_rows};
 
 type CountRow = (String, String, String, i64);
 
-pub async fn queue_depths(pool: &PgPool) -> Result<Vec<JobCount>> {
+pub async fn queue_depths(pool: &Db) -> Result<Vec<JobCount>> {
     // Each status is served by its partial index (fetch, lease), not a table scan.
     let rows: Vec<CountRow> = sqlx::query_as(
         "select '', queue, status, count(*) from forklift_jobs where status = 'QUEUED' group by 2, 3
@@ -22,7 +22,7 @@ pub async fn queue_depths(pool: &PgPool) -> Result<Vec<JobCount>> {
     Ok(job_counts_from_rows(rows))
 }
 
-pub async fn tenant_create(pool: &PgPool, name: &str) -> Result<Tenant> {
+pub async fn tenant_create(pool: &Db, name: &str) -> Result<Tenant> {
     if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(Error::invalid(
             "name",
@@ -50,7 +50,7 @@ pub async fn tenant_create(pool: &PgPool, name: &str) -> Result<Tenant> {
     }
 }
 
-pub async fn tenant_list(pool: &PgPool) -> Result<Vec<Tenant>> {
+pub async fn tenant_list(pool: &Db) -> Result<Vec<Tenant>> {
     let rows: Vec<(Uuid, String, DateTime<Utc>)> = sqlx::query_as(
         "select id, name, created_at from forklift_tenants order by created_at, name",
     )
@@ -67,7 +67,7 @@ pub async fn tenant_list(pool: &PgPool) -> Result<Vec<Tenant>> {
 }
 
 pub async fn api_key_insert(
-    pool: &PgPool,
+    pool: &Db,
     tenant: TenantId,
     prefix: &str,
     key_hash: &str,
@@ -81,7 +81,7 @@ pub async fn api_key_insert(
     Ok(())
 }
 
-pub async fn api_key_tenant(pool: &PgPool, key_hash: &str) -> Result<Option<TenantId>> {
+pub async fn api_key_tenant(pool: &Db, key_hash: &str) -> Result<Option<TenantId>> {
     let id: Option<Uuid> = sqlx::query_scalar(
         "select tenant_id from forklift_api_keys where key_hash = $1 and revoked_at is null",
     )
@@ -91,7 +91,7 @@ pub async fn api_key_tenant(pool: &PgPool, key_hash: &str) -> Result<Option<Tena
     Ok(id.map(TenantId))
 }
 
-pub async fn api_key_list(pool: &PgPool) -> Result<Vec<ApiKeyInfo>> {
+pub async fn api_key_list(pool: &Db) -> Result<Vec<ApiKeyInfo>> {
     type KeyRow = (String, Uuid, String, DateTime<Utc>, Option<DateTime<Utc>>);
     let rows: Vec<KeyRow> = sqlx::query_as(
         "select k.prefix, k.tenant_id, t.name, k.created_at, k.revoked_at
@@ -114,7 +114,7 @@ pub async fn api_key_list(pool: &PgPool) -> Result<Vec<ApiKeyInfo>> {
         .collect())
 }
 
-pub async fn api_key_revoke(pool: &PgPool, prefix: &str) -> Result<bool> {
+pub async fn api_key_revoke(pool: &Db, prefix: &str) -> Result<bool> {
     let done = sqlx::query(
         "update forklift_api_keys set revoked_at = now() where prefix = $1 and revoked_at is null",
     )

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
+use super::db::Db;
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Result;
@@ -20,11 +20,13 @@ const FOLD_EVERY: Duration = Duration::from_secs(1);
 /// Folds the deltas into the totals: one transaction, skipped when another process is
 /// folding (the advisory lock keeps two folds from updating the same totals in different
 /// orders and deadlocking).
-pub async fn fold(pool: &PgPool) -> Result<()> {
-    let mut tx = pool.begin().await?;
+pub async fn fold(pool: &Db) -> Result<()> {
+    let mut tx = pool.pool.begin().await?;
+    let named = pool.named();
     let turn: bool = sqlx::query_scalar(
         "select pg_try_advisory_xact_lock(hashtext('forklift_fold:' || current_schema()))",
     )
+    .persistent(named)
     .fetch_one(&mut *tx)
     .await?;
     if !turn {
@@ -38,6 +40,7 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
          do update set jobs = forklift_counts.jobs + excluded.jobs
          returning tenant_id, queue, job_type, status, jobs = 0",
     )
+    .persistent(named)
     .fetch_all(&mut *tx)
     .await?;
     // Totals this fold brought to zero (a type or queue no longer used): only those.
@@ -55,6 +58,7 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
              where (c.tenant_id, c.queue, c.job_type, c.status) = (k.tenant_id, k.queue, k.job_type, k.status)
                and c.jobs = 0",
         )
+        .persistent(named)
         .bind(&tenants)
         .bind(&queues)
         .bind(&types)
@@ -64,6 +68,7 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
     }
     // Minutes past any window: a range of the minutes' index.
     sqlx::query("delete from forklift_minutes where minute < now() - make_interval(secs => $1)")
+        .persistent(named)
         .bind(MINUTES_KEPT.as_secs_f64())
         .execute(&mut *tx)
         .await?;
@@ -73,8 +78,10 @@ pub async fn fold(pool: &PgPool) -> Result<()> {
 
 /// Folds every [`FOLD_EVERY`] until `stop`. Every process with a store does, so deltas
 /// never pile up whatever runs (API only, workers only); the lock makes them take turns.
-pub async fn fold_forever(pool: PgPool, stop: CancellationToken) {
-    let mut every = tokio::time::interval(FOLD_EVERY);
+pub async fn fold_forever(pool: Db, stop: CancellationToken) {
+    // The first a period from now: a new process migrates first, and there is nothing yet.
+    let first = tokio::time::Instant::now() + FOLD_EVERY;
+    let mut every = tokio::time::interval_at(first, FOLD_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = false;
     loop {
@@ -95,7 +102,7 @@ pub async fn fold_forever(pool: PgPool, stop: CancellationToken) {
     }
 }
 
-pub async fn job_counts(pool: &PgPool, tenant: TenantId) -> Result<Vec<JobCount>> {
+pub async fn job_counts(pool: &Db, tenant: TenantId) -> Result<Vec<JobCount>> {
     let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
         "select job_type, queue, status, sum(jobs)::int8 from (
             select job_type, queue, status, jobs from forklift_counts where tenant_id = $1
@@ -109,11 +116,7 @@ pub async fn job_counts(pool: &PgPool, tenant: TenantId) -> Result<Vec<JobCount>
     Ok(job_counts_from_rows(rows))
 }
 
-pub async fn stats_recent(
-    pool: &PgPool,
-    tenant: TenantId,
-    window: Duration,
-) -> Result<RecentStats> {
+pub async fn stats_recent(pool: &Db, tenant: TenantId, window: Duration) -> Result<RecentStats> {
     let rows: Vec<(DateTime<Utc>, String, i16, i64)> = sqlx::query_as(
         "select minute, metric, bucket, jobs from forklift_minutes
          where tenant_id = $1 and minute >= date_trunc('minute', now() - make_interval(secs => $2))",
@@ -127,7 +130,7 @@ pub async fn stats_recent(
 
 /// Adds what workers saw. Rows in key order, so that two processes adding to the same
 /// minutes lock them in the same order and never deadlock.
-pub async fn stats_add(pool: &PgPool, stats: &[MinuteStat]) -> Result<()> {
+pub async fn stats_add(pool: &Db, stats: &[MinuteStat]) -> Result<()> {
     if stats.is_empty() {
         return Ok(());
     }

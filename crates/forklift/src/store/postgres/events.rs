@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
+
+use super::db::Db;
 use sqlx::postgres::PgListener;
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
@@ -65,7 +67,7 @@ impl Notifier {
     }
 
     /// Sends what is pending until `stop`; each round sends all that gathered meanwhile.
-    pub async fn run(self: Arc<Self>, pool: PgPool, stop: CancellationToken) {
+    pub async fn run(self: Arc<Self>, pool: Db, stop: CancellationToken) {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,

@@ -3,7 +3,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
+
+use super::db::Db;
 use uuid::Uuid;
 
 use super::row::{JOB_COLUMNS, JobRow};
@@ -15,12 +17,16 @@ use crate::store::Inserted;
 /// Inserts `jobs` (already validated) with one `unnest` statement: one round trip for
 /// up to 10,000 jobs. A job whose unique key an unfinished job holds is not inserted;
 /// that job is looked up and returned instead.
+///
+/// The connection is the caller's, which may go through a transaction pooler: the
+/// statements are unnamed (see `db.rs`), one round trip more than a kept statement, in
+/// a transaction that has several anyway.
 pub async fn insert_many(
     conn: &mut PgConnection,
     tenant: TenantId,
     jobs: &[NewJob],
 ) -> Result<Vec<Inserted>> {
-    insert_for_tenants(conn, &vec![tenant; jobs.len()], jobs).await
+    insert_for_tenants(conn, false, &vec![tenant; jobs.len()], jobs).await
 }
 
 /// [`insert_for_tenants`] on the pool, all or nothing: several callers' requests, or one
@@ -31,24 +37,27 @@ pub async fn insert_many(
 /// finished meanwhile), so they run in one transaction: a failure in a later round must
 /// not leave the rows of an earlier one behind while the caller hears of an error.
 pub async fn insert_atomically(
-    pool: &PgPool,
+    pool: &Db,
     tenants: &[TenantId],
     jobs: &[NewJob],
 ) -> Result<Vec<Inserted>> {
-    if jobs.iter().all(|j| j.unique_key.is_none()) {
-        let mut conn = pool.acquire().await?;
-        return insert_for_tenants(&mut conn, tenants, jobs).await;
+    // Behind a pooler even one statement needs a transaction (see `db.rs`).
+    if pool.named() && jobs.iter().all(|j| j.unique_key.is_none()) {
+        let mut conn = pool.pool.acquire().await?;
+        return insert_for_tenants(&mut conn, true, tenants, jobs).await;
     }
-    let mut tx = pool.begin().await?;
-    let inserted = insert_for_tenants(&mut tx, tenants, jobs).await?;
+    let mut tx = pool.pool.begin().await?;
+    let inserted = insert_for_tenants(&mut tx, pool.named(), tenants, jobs).await?;
     tx.commit().await?;
     Ok(inserted)
 }
 
 /// [`insert_many`] where each job has its own tenant: what the coalescer sends, the jobs
 /// of many callers in one statement.
+/// `named`: whether the statements may be kept on the server (see `db.rs`).
 pub async fn insert_for_tenants(
     conn: &mut PgConnection,
+    named: bool,
     tenants: &[TenantId],
     jobs: &[NewJob],
 ) -> Result<Vec<Inserted>> {
@@ -58,7 +67,7 @@ pub async fn insert_for_tenants(
     // A key's holder can finish between our insert (which saw it) and our look-up (which
     // then does not): insert those again. Three rounds settle any realistic race.
     for _round in 0..3 {
-        let inserted = insert_rows(conn, tenants, jobs, &ids, &todo).await?;
+        let inserted = insert_rows(conn, named, tenants, jobs, &ids, &todo).await?;
         let mut by_id: HashMap<Uuid, Written> = inserted.into_iter().map(|w| (w.0, w)).collect();
         let mut conflicted = Vec::new();
         for &i in &todo {
@@ -86,6 +95,7 @@ pub async fn insert_for_tenants(
              where (tenant_id, unique_key) in (select * from unnest($1::uuid[], $2::text[]))
                and status in ('QUEUED', 'RUNNING')"
         ))
+        .persistent(named)
         .bind(&key_tenants)
         .bind(&keys)
         .fetch_all(&mut *conn)
@@ -123,6 +133,7 @@ type Written = (Uuid, DateTime<Utc>, DateTime<Utc>);
 
 async fn insert_rows(
     conn: &mut PgConnection,
+    named: bool,
     tenants: &[TenantId],
     jobs: &[NewJob],
     ids: &[Uuid],
@@ -161,6 +172,7 @@ async fn insert_rows(
          do nothing
          returning id, created_at, run_at",
     )
+    .persistent(named)
     .bind(&tenant)
     .bind(&id)
     .bind(&job_type)

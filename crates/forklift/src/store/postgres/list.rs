@@ -2,7 +2,9 @@
 //! [`ListPlan`] for how a page is read).
 
 use chrono::{DateTime, Utc};
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{Postgres, QueryBuilder};
+
+use super::db::Db;
 use uuid::Uuid;
 
 use super::row::{JOB_COLUMNS, JobRow};
@@ -10,7 +12,7 @@ use crate::error::Result;
 use crate::job::{JobId, JobStatus, TenantId};
 use crate::store::{Cursor, JobPage, LIST_SCAN_ROWS, ListParams, ListPlan};
 
-pub async fn list(pool: &PgPool, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
+pub async fn list(pool: &Db, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
     let plan = ListPlan::new(p);
     let edge = if plan.narrowed {
         edge(pool, tenant, &plan).await?
@@ -89,7 +91,7 @@ fn range(
 
 /// How deep this page may read: the newest of the statuses' [`LIST_SCAN_ROWS`]-th jobs;
 /// none when no status has that many left.
-async fn edge(pool: &PgPool, tenant: TenantId, plan: &ListPlan<'_>) -> Result<Option<Cursor>> {
+async fn edge(pool: &Db, tenant: TenantId, plan: &ListPlan<'_>) -> Result<Option<Cursor>> {
     let mut q = QueryBuilder::new("select * from (");
     for (i, status) in plan.statuses.iter().enumerate() {
         if i > 0 {

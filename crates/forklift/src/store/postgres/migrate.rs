@@ -1,6 +1,8 @@
 //! Versioned schema migrations, embedded in the crate and applied in order.
 
-use sqlx::{Executor, PgConnection, PgPool};
+use sqlx::{Executor, PgConnection};
+
+use super::db::Db;
 
 use crate::error::{Error, Result};
 
@@ -43,10 +45,12 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 /// Several processes may start at once: a transaction-scoped advisory lock, keyed by the
 /// schema so that separate schemas in one database do not wait on each other, makes them
 /// take turns; the second finds everything applied and does nothing.
-pub async fn run(pool: &PgPool) -> Result<()> {
-    let mut tx = pool.begin().await?;
+pub async fn run(pool: &Db) -> Result<()> {
+    let mut tx = pool.pool.begin().await?;
     let conn: &mut PgConnection = &mut tx;
+    let named = pool.named();
     sqlx::query("select pg_advisory_xact_lock(hashtext('forklift_migrate:' || current_schema()))")
+        .persistent(named)
         .execute(&mut *conn)
         .await?;
     sqlx::query(
@@ -56,9 +60,11 @@ pub async fn run(pool: &PgPool) -> Result<()> {
             applied_at timestamptz not null default now()
         )",
     )
+    .persistent(named)
     .execute(&mut *conn)
     .await?;
     let applied: Vec<i32> = sqlx::query_scalar("select version from forklift_migrations")
+        .persistent(named)
         .fetch_all(&mut *conn)
         .await?;
     for &(version, name, sql) in MIGRATIONS {
@@ -69,6 +75,7 @@ pub async fn run(pool: &PgPool) -> Result<()> {
             return Err(Error::Migration(format!("{version} {name}: {e}")));
         }
         sqlx::query("insert into forklift_migrations (version, name) values ($1, $2)")
+            .persistent(named)
             .bind(version)
             .bind(name)
             .execute(&mut *conn)

@@ -7,6 +7,7 @@
 
 mod admin;
 mod counts;
+mod db;
 mod events;
 mod insert;
 mod list;
@@ -23,6 +24,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use self::db::Db;
 use self::events::Notifier;
 use self::row::{JOB_COLUMNS, JobRow};
 use crate::error::{Error, Result};
@@ -55,7 +57,7 @@ fn side_pool(pool: &PgPool, max: u32, ping: bool) -> PgPool {
 }
 
 /// Up to four shared inserts in flight; more callers wait and share them.
-fn coalescer(pool: PgPool) -> Coalescer {
+fn coalescer(pool: Db) -> Coalescer {
     Coalescer::start(
         4,
         Arc::new(move |requests: Vec<Request>| {
@@ -77,6 +79,28 @@ fn coalescer(pool: PgPool) -> Coalescer {
             })
         }),
     )
+}
+
+/// A pool of up to `max_connections` once its first connection is made: waits up to 5 s
+/// (a database that is still starting up), but afterwards a call waits at most
+/// [`ACQUIRE_TIMEOUT`] for a connection, so that while the database is down callers get
+/// `Error::Database` at once (the API a 503) rather than hanging: sqlx keeps retrying a
+/// refused connection until that timeout.
+async fn first_connection(options: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .connect_lazy_with(options);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match pool.acquire().await {
+            Ok(_) => return Ok(pool),
+            // Refused connections and a server still starting make the pool time out.
+            Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The longest a call of a store made by [`PgStore::connect`] waits for a pooled
@@ -106,13 +130,16 @@ pub struct PgStore {
 
 struct Inner {
     /// The caller's pool: enqueues, reads and the API.
-    pool: PgPool,
+    pool: Db,
     /// Workers' fetches, completions and releases, maintenance, and wake-ups: apart from
     /// `pool`, so that however many API requests wait for a connection, work goes on.
-    work: PgPool,
+    work: Db,
     /// Lease renewals and progress writes alone: a renewal that waits too long loses the
     /// lease and makes the job run twice, so it queues behind nothing but them.
-    leases: PgPool,
+    leases: Db,
+    /// Where LISTEN connects: `work`'s server, or behind a pooler a direct connection if
+    /// one was given; none, and workers poll.
+    listen: Option<PgPool>,
     events: broadcast::Sender<Event>,
     notifier: Arc<Notifier>,
     coalescer: Coalescer,
@@ -127,23 +154,35 @@ impl PgStore {
     /// Waits up to 5 s for the first connection (a database that is still starting up),
     /// but afterwards a call waits at most [`ACQUIRE_TIMEOUT`] for a connection, so that
     /// while the database is down callers get `Error::Database` at once (the API a 503)
-    /// rather than hanging: sqlx keeps retrying a refused connection until that timeout.
+    /// rather than hanging.
     pub async fn connect(options: PgConnectOptions, max_connections: u32) -> Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .test_before_acquire(false)
-            .connect_lazy_with(options);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            match pool.acquire().await {
-                Ok(_) => break,
-                // Refused connections and a server still starting make the pool time out.
-                Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+        let pool = first_connection(options, max_connections).await?;
         Ok(Self::from_pool(pool))
+    }
+
+    /// [`connect`](Self::connect) through a transaction pooler (PgBouncer with
+    /// `pool_mode = transaction`): each statement is unnamed and runs in a transaction of
+    /// its own, which costs two round trips more than a direct connection.
+    ///
+    /// LISTEN needs a session of its own, which a transaction pooler does not keep: give
+    /// `listen`, a direct connection to the server (it holds one connection), for
+    /// wake-ups as fast as without the pooler. Without it, workers find new jobs at each
+    /// poll (`WorkerConfig::poll_interval`, 1 s by default) and cancellations at the next
+    /// lease renewal. Settings made with startup options (`search_path`) do not pass a
+    /// pooler: set them on the role or database (`alter role ... set search_path`).
+    pub async fn connect_through_pooler(
+        options: PgConnectOptions,
+        max_connections: u32,
+        listen: Option<PgConnectOptions>,
+    ) -> Result<Self> {
+        let pool = first_connection(options, max_connections).await?;
+        let listen = listen.map(|options| {
+            PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                .connect_lazy_with(options)
+        });
+        Ok(Self::build(pool, true, listen))
     }
 
     /// Uses a pool the application already has (the one its own transactions use).
@@ -154,19 +193,31 @@ impl PgStore {
     /// a role) is not applied to them, so give it in the connect options instead
     /// (`PgConnectOptions::options`).
     pub fn from_pool(pool: PgPool) -> Self {
+        Self::build(pool, false, None)
+    }
+
+    fn build(pool: PgPool, pooled: bool, listen: Option<PgPool>) -> Self {
         let stop = CancellationToken::new();
-        let work = side_pool(&pool, WORK_CONNECTIONS, false);
-        let leases = side_pool(&pool, LEASE_CONNECTIONS, true);
+        let db = |pool| Db { pool, pooled };
+        let work = db(side_pool(&pool, WORK_CONNECTIONS, false));
+        let leases = db(side_pool(&pool, LEASE_CONNECTIONS, true));
+        let listen = if pooled {
+            listen
+        } else {
+            Some(work.pool.clone())
+        };
         let notifier = Notifier::new();
         tokio::spawn(notifier.clone().run(work.clone(), stop.clone()));
         tokio::spawn(counts::fold_forever(work.clone(), stop.clone()));
         let (events, _) = broadcast::channel(4096);
+        let pool = db(pool);
         let coalescer = coalescer(pool.clone());
         PgStore {
             inner: Arc::new(Inner {
                 pool,
                 work,
                 leases,
+                listen,
                 events,
                 notifier,
                 coalescer,
@@ -179,7 +230,7 @@ impl PgStore {
 
     /// The pool, for the application's own queries and transactions.
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        &self.inner.pool.pool
     }
 
     /// Enqueues inside the caller's transaction: the jobs exist if and only if it commits.
@@ -193,6 +244,7 @@ impl PgStore {
         let inserted = insert::insert_many(conn, tenant, jobs).await?;
         let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
         sqlx::query("select pg_notify($1, q) from (select distinct unnest($2::text[]) q) s")
+            .persistent(false) // the caller's connection may go through a pooler
             .bind(JOBS_CHANNEL)
             .bind(&queues)
             .execute(&mut *conn)
@@ -429,9 +481,12 @@ impl Store for PgStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Event> {
         let rx = self.inner.events.subscribe();
+        let Some(listen) = &self.inner.listen else {
+            return rx; // behind a pooler without a direct connection: workers poll
+        };
         self.inner.listener_started.get_or_init(|| {
             tokio::spawn(events::listen(
-                self.inner.work.clone(),
+                listen.clone(),
                 self.inner.events.clone(),
                 self.inner.stop.clone(),
                 Duration::from_secs(30),

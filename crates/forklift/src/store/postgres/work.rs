@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
+use super::db::Db;
 use uuid::Uuid;
 
 use super::row::{JOB_COLUMNS, JobRow};
@@ -85,7 +85,7 @@ const FETCH: &str = "with recursive pairs as (
     where j.id = picked.id
     returning ";
 
-pub async fn fetch(pool: &PgPool, p: &FetchParams) -> Result<Vec<LeasedJob>> {
+pub async fn fetch(pool: &Db, p: &FetchParams) -> Result<Vec<LeasedJob>> {
     let rows: Vec<JobRow> = sqlx::query_as(&format!(
         "{FETCH}{}",
         JOB_COLUMNS
@@ -115,7 +115,7 @@ pub async fn fetch(pool: &PgPool, p: &FetchParams) -> Result<Vec<LeasedJob>> {
     Ok(in_turn(leased))
 }
 
-pub async fn heartbeat(pool: &PgPool, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>> {
+pub async fn heartbeat(pool: &Db, leases: &[Lease], ttl: Duration) -> Result<Vec<LeaseStatus>> {
     if leases.is_empty() {
         return Ok(Vec::new());
     }
@@ -140,7 +140,7 @@ pub async fn heartbeat(pool: &PgPool, leases: &[Lease], ttl: Duration) -> Result
         .collect())
 }
 
-pub async fn progress(pool: &PgPool, updates: &[ProgressUpdate]) -> Result<()> {
+pub async fn progress(pool: &Db, updates: &[ProgressUpdate]) -> Result<()> {
     if updates.is_empty() {
         return Ok(());
     }
@@ -161,7 +161,7 @@ pub async fn progress(pool: &PgPool, updates: &[ProgressUpdate]) -> Result<()> {
 }
 
 /// Returns the accepted ids, and the queues of the jobs that went back to `QUEUED`.
-pub async fn complete(pool: &PgPool, cs: &[Completion]) -> Result<(Vec<JobId>, Vec<String>)> {
+pub async fn complete(pool: &Db, cs: &[Completion]) -> Result<(Vec<JobId>, Vec<String>)> {
     if cs.is_empty() {
         return Ok((Vec::new(), Vec::new()));
     }
@@ -223,7 +223,7 @@ pub async fn complete(pool: &PgPool, cs: &[Completion]) -> Result<(Vec<JobId>, V
 }
 
 /// Returns how many were released, and the queues of those that went back to `QUEUED`.
-pub async fn release(pool: &PgPool, leases: &[Lease]) -> Result<(u64, Vec<String>)> {
+pub async fn release(pool: &Db, leases: &[Lease]) -> Result<(u64, Vec<String>)> {
     if leases.is_empty() {
         return Ok((0, Vec::new()));
     }
@@ -255,7 +255,7 @@ pub async fn release(pool: &PgPool, leases: &[Lease]) -> Result<(u64, Vec<String
     Ok((released, requeued))
 }
 
-pub async fn rescue(pool: &PgPool, p: &RescueParams) -> Result<Vec<Rescued>> {
+pub async fn rescue(pool: &Db, p: &RescueParams) -> Result<Vec<Rescued>> {
     // A lapsed lease means the worker died, hung or was cut off. The attempt it started
     // counts (it may have had effects): retry with back-off while attempts remain.
     let rows: Vec<(Uuid, String, String)> = sqlx::query_as(

@@ -1,0 +1,216 @@
+//! PgBouncer in transaction pooling mode in front of the test PostgreSQL, for the tests
+//! that check Forklift behind a pooler: one per test process, with a database per test.
+//!
+//! A pooler passes no startup options, so a test's `search_path` cannot pick a schema:
+//! each test gets a database of its own instead, reached through PgBouncer's fallback
+//! entry (`* =`). PgBouncer is Debian's (`pgbouncer`, 1.18 on bookworm); when it is not
+//! installed and we are root, it is installed with apt-get, once, under a lock.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection};
+use tokio::sync::OnceCell;
+
+use crate::{TestSchema, blocking, cluster_cmd, database_url, euid, run, unix_secs};
+
+/// A fresh database reached two ways: straight (for LISTEN and the tests' own SQL) and
+/// through PgBouncer.
+pub struct PooledDatabase {
+    /// The database without the pooler: `pool`, `url` and `name` (`public`, its schema).
+    pub direct: TestSchema,
+    /// The same database through PgBouncer in `pool_mode = transaction`.
+    pub pooled: PgConnectOptions,
+}
+
+/// A new, empty database and PgBouncer in front of it (started once per process).
+///
+/// Databases are not dropped when the test ends (PgBouncer still holds its connections
+/// then); the first call in each process drops `fl_d_*` databases over 10 minutes old.
+pub async fn fresh_pooled_database() -> PooledDatabase {
+    static CLEANED: OnceCell<()> = OnceCell::const_new();
+    let base = database_url().await;
+    let port = pgbouncer_port().await;
+    let mut admin = PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("{base}: {e}"));
+    CLEANED
+        .get_or_init(|| drop_stale_databases(&mut admin))
+        .await;
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("fl_d_{}_{}", unix_secs(), &random[..8]);
+    let create = format!(r#"CREATE DATABASE "{name}""#);
+    admin
+        .execute(create.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{create}: {e}"));
+    let _ = admin.close().await;
+
+    let direct_options = PgConnectOptions::from_str(&base)
+        .unwrap_or_else(|e| panic!("{base}: {e}"))
+        .database(&name);
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(direct_options.clone())
+        .await
+        .unwrap_or_else(|e| panic!("cannot open a pool on database {name}: {e}"));
+    let pooled = direct_options.clone().host("127.0.0.1").port(port);
+    let (head, _) = base.rsplit_once('/').expect("a database URL has a path");
+    let direct = TestSchema {
+        pool,
+        name: "public".into(),
+        url: format!("{head}/{name}"),
+    };
+    PooledDatabase { direct, pooled }
+}
+
+/// Drops `fl_d_*` databases over 10 minutes old: no test runs that long, and `FORCE`
+/// closes the idle connections PgBouncer may still keep to them. Errors are ignored:
+/// another test process may be dropping the same ones.
+async fn drop_stale_databases(admin: &mut PgConnection) {
+    let sql = r"SELECT datname::text FROM pg_database WHERE datname LIKE 'fl\_d\_%'";
+    let names: Vec<String> = sqlx::query_scalar(sql)
+        .fetch_all(&mut *admin)
+        .await
+        .unwrap_or_default();
+    let cutoff = unix_secs().saturating_sub(600);
+    for name in names {
+        let created = name.split('_').nth(2).and_then(|t| t.parse::<u64>().ok());
+        if created.is_some_and(|t| t < cutoff) {
+            let drop = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
+            let _ = admin.execute(drop.as_str()).await;
+        }
+    }
+}
+
+/// The port of this process's PgBouncer, started on first use.
+async fn pgbouncer_port() -> u16 {
+    static PORT: OnceCell<u16> = OnceCell::const_new();
+    *PORT
+        .get_or_init(|| async {
+            let upstream = PgConnectOptions::from_str(&database_url().await)
+                .expect("the test database URL parses");
+            blocking(move || start_pgbouncer(&upstream)).await
+        })
+        .await
+}
+
+/// Writes a configuration and starts PgBouncer as the cluster's OS user (it refuses to
+/// run as root), with a watchdog that stops it once this process is gone.
+fn start_pgbouncer(upstream: &PgConnectOptions) -> u16 {
+    let bin = pgbouncer_bin();
+    let dir = std::env::temp_dir().join(format!("forklift-pgbouncer-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {dir:?}: {e}"));
+    if euid() == 0 {
+        run(Command::new("chown").arg("postgres:").arg(&dir), "chown");
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr());
+    let port = port.expect("no free TCP port").port();
+    let host = match upstream.get_host() {
+        "localhost" => "127.0.0.1",
+        host => host,
+    };
+    // A small pool per database, closed soon after use: every test has a database of its
+    // own, and their pools together must stay under the server's max_connections.
+    let config = format!(
+        "[databases]\n\
+         * = host={host} port={upstream_port} user={user}\n\
+         [pgbouncer]\n\
+         listen_addr = 127.0.0.1\n\
+         listen_port = {port}\n\
+         unix_socket_dir =\n\
+         auth_type = any\n\
+         pool_mode = transaction\n\
+         ignore_startup_parameters = extra_float_digits\n\
+         max_client_conn = 2000\n\
+         default_pool_size = 5\n\
+         max_db_connections = 5\n\
+         server_idle_timeout = 2\n\
+         logfile = {log}\n\
+         pidfile = {pid}\n",
+        upstream_port = upstream.get_port(),
+        user = upstream.get_username(),
+        log = dir.join("log").display(),
+        pid = dir.join("pid").display(),
+    );
+    let ini = dir.join("pgbouncer.ini");
+    fs::write(&ini, config).unwrap_or_else(|e| panic!("cannot write {ini:?}: {e}"));
+    let d = dir.to_str().expect("the temp dir's path is not UTF-8");
+    let parent = std::process::id().to_string();
+    let argv = [
+        "sh",
+        "-c",
+        WATCHDOG,
+        "watchdog",
+        &parent,
+        bin.to_str().expect("pgbouncer's path is UTF-8"),
+        ini.to_str().expect("UTF-8 path"),
+        d,
+    ];
+    let mut watchdog = cluster_cmd(&dir, &["setsid", "-f"], &argv);
+    watchdog.stdout(Stdio::null()).stderr(Stdio::null());
+    run(&mut watchdog, "setsid (pgbouncer)");
+    wait_for_port(port, &dir);
+    port
+}
+
+/// `sh -c WATCHDOG watchdog PARENT_PID PGBOUNCER INI DIR`: runs PgBouncer until the test
+/// process is gone (seen in /proc: as another user, `kill -0` could not tell), then stops
+/// it and removes its folder.
+const WATCHDOG: &str = r#"
+"$2" "$3" &
+child=$!
+while [ -d "/proc/$1" ] && kill -0 "$child" 2>/dev/null; do sleep 1; done
+kill "$child" 2>/dev/null
+wait "$child"
+rm -rf "$4"
+"#;
+
+fn wait_for_port(port: u16, dir: &Path) {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = fs::read_to_string(dir.join("log")).unwrap_or_default();
+    panic!("PgBouncer did not start listening on {port} within 5 s; its log:\n{log}");
+}
+
+/// PgBouncer's binary: on PATH or in /usr/sbin; else installed with apt-get when we are
+/// root (Debian's package), once across test processes.
+fn pgbouncer_bin() -> PathBuf {
+    let find = || {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path)
+            .chain([PathBuf::from("/usr/sbin")])
+            .map(|d| d.join("pgbouncer"))
+            .find(|p| p.is_file())
+    };
+    if let Some(bin) = find() {
+        return bin;
+    }
+    assert!(
+        euid() == 0,
+        "PgBouncer is not installed: install Debian's `pgbouncer` package (apt-get install pgbouncer)"
+    );
+    let lock = File::create(std::env::temp_dir().join("forklift-apt.lock"))
+        .and_then(|f| f.lock().map(|_| f))
+        .expect("cannot take the apt lock file");
+    if find().is_none() {
+        let install = "apt-get install -y -q pgbouncer || (apt-get update -q && apt-get install -y -q pgbouncer)";
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", install])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        run(&mut cmd, "apt-get install pgbouncer");
+    }
+    drop(lock);
+    find().expect("pgbouncer is installed but not found in /usr/sbin or on PATH")
+}
