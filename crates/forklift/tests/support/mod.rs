@@ -56,7 +56,7 @@ enum Backend {
         schema: TestSchema,
         store: PgStore,
         /// Where the store connects when it goes through PgBouncer.
-        pooler: Option<PgConnectOptions>,
+        pooler: Option<Box<PgConnectOptions>>,
     },
     /// The directory holds the database file and goes away with the harness.
     Sqlite { dir: TempDir, store: SqliteStore },
@@ -92,7 +92,7 @@ impl Harness {
             backend: Backend::Pg {
                 schema: db.direct,
                 store,
-                pooler: Some(db.pooled),
+                pooler: Some(Box::new(db.pooled)),
             },
         }
     }

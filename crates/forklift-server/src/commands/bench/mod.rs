@@ -3,6 +3,7 @@
 //! line, and the summary lines that the peers' `anchors.sh` reads.
 
 mod history;
+mod scale;
 mod scenarios;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,8 @@ pub struct BenchArgs {
     /// Scenarios, comma-separated: batch, single, burndown, latency, http, api (the
     /// burn-down end to end through `forklift serve` as shipped), and, not run by default,
     /// history (reads and work on an empty table, then with `--history-rows` finished
-    /// jobs) and backlog (the burn-down behind `--backlog` jobs no process can run).
+    /// jobs), backlog (the burn-down behind `--backlog` jobs no process can run) and scale
+    /// (the burn-down by 1, 2 and 4 `forklift worker` processes; PostgreSQL only).
     #[arg(
         long,
         value_delimiter = ',',
@@ -66,10 +68,18 @@ pub struct BenchArgs {
     /// Finished jobs the history scenario adds (PostgreSQL only).
     #[arg(long, default_value_t = 10_000_000)]
     pub history_rows: usize,
+    /// For the scale scenario: a PgBouncer URL (transaction pooling) that reaches the bench
+    /// schema (PgBouncer's `connect_query` can set its `search_path`); adds a run of one
+    /// worker through it.
+    #[arg(long)]
+    pub pooler_url: Option<String>,
     /// A label for the summary and the JSON line.
     #[arg(long, default_value = "forklift")]
     pub label: String,
 }
+
+/// Where the bench's tables go on PostgreSQL, dropped and made anew for each run.
+const BENCH_SCHEMA: &str = "forklift_bench";
 
 /// Makes a fresh, empty, migrated store for each run.
 pub(crate) struct Fresh {
@@ -106,10 +116,22 @@ impl Fresh {
         let options: PgConnectOptions = self
             .url
             .parse::<PgConnectOptions>()?
-            .options([("search_path", "forklift_bench")]);
+            .options([("search_path", BENCH_SCHEMA)]);
         let store = PgStore::connect(options, 40).await?;
         store.migrate().await?;
         Ok((Arc::new(store.clone()), Concrete::Pg(store)))
+    }
+
+    /// The bench schema's URL, for other processes (PostgreSQL only).
+    pub(crate) fn schema_url(&self) -> Option<String> {
+        if sqlite_path(&self.url).is_some() {
+            return None;
+        }
+        let sep = if self.url.contains('?') { '&' } else { '?' };
+        Some(format!(
+            "{}{sep}options=-c%20search_path%3D{BENCH_SCHEMA}",
+            self.url
+        ))
     }
 
     pub(crate) fn backend(&self) -> &'static str {
@@ -170,9 +192,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "api" => scenarios::api(&fresh, &args, &mut results).await?,
                 "history" => history::history(&fresh, &args, &mut results).await?,
                 "backlog" => scenarios::backlog(&fresh, &args, &mut results).await?,
+                "scale" => scale::scale(&fresh, &args, &mut results).await?,
                 other => {
                     bail!(
-                        "unknown scenario `{other}` (batch, single, burndown, latency, http, api, history, backlog)"
+                        "unknown scenario `{other}` (batch, single, burndown, latency, http, api, history, backlog, scale)"
                     )
                 }
             }
@@ -187,7 +210,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut json = serde_json::Map::new();
     for (name, (unit, values)) in &results.0 {
         let (median, min, max) = summary(values);
-        let d = if unit == "ms" { 2 } else { 0 };
+        let d = if unit == "ms" || unit == "cores" {
+            2
+        } else {
+            0
+        };
         println!(
             "{name:<52} {median:>12.d$} {unit:<7} [{min:.d$} - {max:.d$}]  n={}",
             values.len()
