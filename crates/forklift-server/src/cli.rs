@@ -41,20 +41,27 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
     /// `postgres://…` or `sqlite://PATH`.
-    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://forklift.db")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://forklift.db",
+        hide_env_values = true
+    )]
     pub database_url: String,
     /// `DATABASE_URL` goes through a transaction pooler (PgBouncer with `pool_mode =
     /// transaction`): each statement is unnamed and runs in a transaction of its own.
     #[arg(long, env = "FORKLIFT_TRANSACTION_POOLER")]
     pub transaction_pooler: bool,
     /// With `--transaction-pooler`: a `postgres://` URL straight to the server, for LISTEN
-    /// (one connection). Without it workers poll for new jobs every second.
+    /// and lease renewals (3 connections), so that API traffic at the pooler cannot delay
+    /// a renewal. Without it workers poll for new jobs every second.
     #[arg(
         long,
-        env = "FORKLIFT_LISTEN_DATABASE_URL",
-        requires = "transaction_pooler"
+        env = "FORKLIFT_DIRECT_DATABASE_URL",
+        requires = "transaction_pooler",
+        hide_env_values = true
     )]
-    pub listen_database_url: Option<String>,
+    pub direct_database_url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]

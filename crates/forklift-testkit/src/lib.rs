@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 
 mod pgbouncer;
 
-pub use pgbouncer::{PooledDatabase, fresh_pooled_database};
+pub use pgbouncer::{PGBOUNCER_POOL_SIZE, PooledDatabase, fresh_pooled_database};
 
 /// The OS user that runs the throwaway cluster when we are root (initdb refuses root).
 const PG_USER: &str = "postgres";

@@ -18,10 +18,15 @@ use tokio::sync::OnceCell;
 
 use crate::{TestSchema, blocking, cluster_cmd, database_url, euid, run, unix_secs};
 
+/// Server connections PgBouncer keeps per database (`max_db_connections`): a test that
+/// occupies them all sees what waits at the pooler.
+pub const PGBOUNCER_POOL_SIZE: usize = 5;
+
 /// A fresh database reached two ways: straight (for LISTEN and the tests' own SQL) and
 /// through PgBouncer.
 pub struct PooledDatabase {
-    /// The database without the pooler: `pool`, `url` and `name` (`public`, its schema).
+    /// The database without the pooler: `pool` (2 connections, for the tests' own SQL),
+    /// `url` and `name` (`public`, its schema).
     pub direct: TestSchema,
     /// The same database through PgBouncer in `pool_mode = transaction`.
     pub pooled: PgConnectOptions,
@@ -54,7 +59,7 @@ pub async fn fresh_pooled_database() -> PooledDatabase {
         .unwrap_or_else(|e| panic!("{base}: {e}"))
         .database(&name);
     let pool = PgPoolOptions::new()
-        .max_connections(10)
+        .max_connections(2)
         .acquire_timeout(Duration::from_secs(30))
         .connect_with(direct_options.clone())
         .await
@@ -100,12 +105,31 @@ async fn pgbouncer_port() -> u16 {
         .await
 }
 
-/// Writes a configuration and starts PgBouncer as the cluster's OS user (it refuses to
-/// run as root), with a watchdog that stops it once this process is gone.
+/// Starts PgBouncer on a free port: the port is free when chosen but may be taken before
+/// PgBouncer binds it (another test process), so a start that does not say it listens on
+/// it is tried again on another.
 fn start_pgbouncer(upstream: &PgConnectOptions) -> u16 {
     let bin = pgbouncer_bin();
-    let dir = std::env::temp_dir().join(format!("forklift-pgbouncer-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
+    for attempt in 1.. {
+        match try_start(&bin, upstream) {
+            Ok(port) => return port,
+            Err(log) if attempt < 5 => tracing::warn!("PgBouncer did not start; again:\n{log}"),
+            Err(log) => panic!("PgBouncer did not start in 5 attempts; its last log:\n{log}"),
+        }
+    }
+    unreachable!()
+}
+
+/// Writes a configuration and starts PgBouncer as the cluster's OS user (it refuses to
+/// run as root), with a watchdog that stops it once this process is gone. Its log when it
+/// does not listen within 5 s.
+fn try_start(bin: &Path, upstream: &PgConnectOptions) -> Result<u16, String> {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let dir = std::env::temp_dir().join(format!(
+        "forklift-pgbouncer-{}-{}",
+        std::process::id(),
+        &random[..8]
+    ));
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {dir:?}: {e}"));
     if euid() == 0 {
         run(Command::new("chown").arg("postgres:").arg(&dir), "chown");
@@ -129,8 +153,8 @@ fn start_pgbouncer(upstream: &PgConnectOptions) -> u16 {
          pool_mode = transaction\n\
          ignore_startup_parameters = extra_float_digits\n\
          max_client_conn = 2000\n\
-         default_pool_size = 5\n\
-         max_db_connections = 5\n\
+         default_pool_size = {PGBOUNCER_POOL_SIZE}\n\
+         max_db_connections = {PGBOUNCER_POOL_SIZE}\n\
          server_idle_timeout = 2\n\
          logfile = {log}\n\
          pidfile = {pid}\n",
@@ -156,8 +180,16 @@ fn start_pgbouncer(upstream: &PgConnectOptions) -> u16 {
     let mut watchdog = cluster_cmd(&dir, &["setsid", "-f"], &argv);
     watchdog.stdout(Stdio::null()).stderr(Stdio::null());
     run(&mut watchdog, "setsid (pgbouncer)");
-    wait_for_port(port, &dir);
-    port
+    // Its own log saying so, not a connection: another process's listener could answer.
+    let listening = format!("listening on 127.0.0.1:{port}");
+    for _ in 0..100 {
+        let log = fs::read_to_string(dir.join("log")).unwrap_or_default();
+        if log.contains(&listening) {
+            return Ok(port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(fs::read_to_string(dir.join("log")).unwrap_or_default())
 }
 
 /// `sh -c WATCHDOG watchdog PARENT_PID PGBOUNCER INI DIR`: runs PgBouncer until the test
@@ -171,17 +203,6 @@ kill "$child" 2>/dev/null
 wait "$child"
 rm -rf "$4"
 "#;
-
-fn wait_for_port(port: u16, dir: &Path) {
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let log = fs::read_to_string(dir.join("log")).unwrap_or_default();
-    panic!("PgBouncer did not start listening on {port} within 5 s; its log:\n{log}");
-}
 
 /// PgBouncer's binary: on PATH or in /usr/sbin; else installed with apt-get when we are
 /// root (Debian's package), once across test processes.
@@ -200,11 +221,15 @@ fn pgbouncer_bin() -> PathBuf {
         euid() == 0,
         "PgBouncer is not installed: install Debian's `pgbouncer` package (apt-get install pgbouncer)"
     );
-    let lock = File::create(std::env::temp_dir().join("forklift-apt.lock"))
+    let lock = File::options()
+        .create(true)
+        .append(true)
+        .open(std::env::temp_dir().join("forklift-apt.lock"))
         .and_then(|f| f.lock().map(|_| f))
         .expect("cannot take the apt lock file");
     if find().is_none() {
-        let install = "apt-get install -y -q pgbouncer || (apt-get update -q && apt-get install -y -q pgbouncer)";
+        let install = "apt-get install -y -q -o DPkg::Lock::Timeout=120 pgbouncer \
+            || (apt-get update -q && apt-get install -y -q -o DPkg::Lock::Timeout=120 pgbouncer)";
         let mut cmd = Command::new("sh");
         cmd.args(["-c", install])
             .env("DEBIAN_FRONTEND", "noninteractive")

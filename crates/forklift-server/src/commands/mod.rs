@@ -28,13 +28,13 @@ pub async fn open_store(db: &DbArgs) -> anyhow::Result<Arc<dyn Store>> {
                 options.get_database().unwrap_or("")
             );
             let store = if db.transaction_pooler {
-                let listen = db
-                    .listen_database_url
+                let direct = db
+                    .direct_database_url
                     .as_deref()
                     .map(str::parse)
                     .transpose()
-                    .context("FORKLIFT_LISTEN_DATABASE_URL is not a valid PostgreSQL URL")?;
-                PgStore::connect_through_pooler(options, 20, listen).await
+                    .context("FORKLIFT_DIRECT_DATABASE_URL is not a valid PostgreSQL URL")?;
+                PgStore::connect_through_pooler(options, 20, direct).await
             } else {
                 PgStore::connect(options, 20).await
             }

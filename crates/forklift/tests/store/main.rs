@@ -11,6 +11,7 @@ mod support;
 
 mod enqueue;
 mod manage;
+mod pooler;
 mod upkeep;
 mod values;
 mod work;

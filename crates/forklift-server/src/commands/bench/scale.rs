@@ -105,7 +105,7 @@ fn process_ticks(pid: &str) -> u64 {
 const USER_HZ: f64 = 100.0;
 
 /// `forklift worker` (this very binary) on the bench schema, as shipped; through a
-/// transaction pooler at `pooler` (listening on `url`) when given.
+/// transaction pooler at `pooler` (with `url` as the direct URL) when given.
 fn spawn_worker(url: &str, pooler: Option<&str>) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("cannot find this binary")?;
     let mut cmd = Command::new(exe);
@@ -114,7 +114,7 @@ fn spawn_worker(url: &str, pooler: Option<&str>) -> anyhow::Result<Child> {
         Some(pooler) => cmd
             .env("DATABASE_URL", pooler)
             .env("FORKLIFT_TRANSACTION_POOLER", "true")
-            .env("FORKLIFT_LISTEN_DATABASE_URL", url),
+            .env("FORKLIFT_DIRECT_DATABASE_URL", url),
         None => cmd.env("DATABASE_URL", url),
     };
     cmd.env("RUST_LOG", "warn")

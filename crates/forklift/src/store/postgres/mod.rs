@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -39,7 +39,7 @@ use crate::store::{
 
 pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
 
-/// A pool of up to `max` connections made as `pool`'s are, opened only when used.
+/// A pool of up to `max` connections made with `options`, opened only when used.
 ///
 /// Like the store's own pool, unless `ping` it hands connections out without a ping first
 /// (`test_before_acquire(false)`): the ping is a round trip per call, a fifth of a single
@@ -48,12 +48,12 @@ pub use self::events::{CANCEL_CHANNEL, JOBS_CHANNEL};
 /// renewals' pool pings: a renewal comes every few seconds, and one that fails on a stale
 /// connection (every one is stale after a failover) stops the worker's fetching for an
 /// interval.
-fn side_pool(pool: &PgPool, max: u32, ping: bool) -> PgPool {
+fn side_pool(options: &PgConnectOptions, max: u32, ping: bool) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .test_before_acquire(ping)
-        .connect_lazy_with((*pool.connect_options()).clone())
+        .connect_lazy_with(options.clone())
 }
 
 /// Up to four shared inserts in flight; more callers wait and share them.
@@ -122,7 +122,9 @@ pub const LEASE_CONNECTIONS: u32 = 2;
 /// complete, release, maintenance, wake-ups) and [`LEASE_CONNECTIONS`] for lease renewals,
 /// with the same connect options. So API traffic, however heavy, cannot make a worker's
 /// renewal wait for a connection and lose its lease. Count them when sizing
-/// `max_connections` on the server (or a pooler).
+/// `max_connections` on the server (or a pooler). Behind a transaction pooler the
+/// renewals and LISTEN take the direct URL, if one is given
+/// ([`connect_through_pooler`](Self::connect_through_pooler)).
 #[derive(Clone)]
 pub struct PgStore {
     inner: Arc<Inner>,
@@ -135,10 +137,11 @@ struct Inner {
     /// `pool`, so that however many API requests wait for a connection, work goes on.
     work: Db,
     /// Lease renewals and progress writes alone: a renewal that waits too long loses the
-    /// lease and makes the job run twice, so it queues behind nothing but them.
+    /// lease and makes the job run twice, so it queues behind nothing but them. Behind a
+    /// pooler, on the direct URL if one was given.
     leases: Db,
-    /// Where LISTEN connects: `work`'s server, or behind a pooler a direct connection if
-    /// one was given; none, and workers poll.
+    /// Where LISTEN connects: `work`'s pool, or behind a pooler the direct URL if one was
+    /// given; none, and workers poll.
     listen: Option<PgPool>,
     events: broadcast::Sender<Event>,
     notifier: Arc<Notifier>,
@@ -162,27 +165,24 @@ impl PgStore {
 
     /// [`connect`](Self::connect) through a transaction pooler (PgBouncer with
     /// `pool_mode = transaction`): each statement is unnamed and runs in a transaction of
-    /// its own, which costs two round trips more than a direct connection.
+    /// its own, three round trips more than a statement a direct connection keeps.
     ///
-    /// LISTEN needs a session of its own, which a transaction pooler does not keep: give
-    /// `listen`, a direct connection to the server (it holds one connection), for
-    /// wake-ups as fast as without the pooler. Without it, workers find new jobs at each
-    /// poll (`WorkerConfig::poll_interval`, 1 s by default) and cancellations at the next
-    /// lease renewal. Settings made with startup options (`search_path`) do not pass a
-    /// pooler: set them on the role or database (`alter role ... set search_path`).
+    /// `direct`, a URL straight to the server, carries what a pooler cannot: LISTEN (one
+    /// connection), for wake-ups as fast as without the pooler, and the lease renewals (up
+    /// to [`LEASE_CONNECTIONS`]), so that however many API requests hold the pooler's
+    /// server connections, a renewal never waits behind them. Without it, workers find new
+    /// jobs at each poll (`WorkerConfig::poll_interval`, 1 s by default) and cancellations
+    /// at the next lease renewal, and renewals queue at the pooler with everything else:
+    /// give the pooler room, or a flood of slow API calls can cost running jobs their
+    /// leases. Settings made with startup options (`search_path`) do not pass a pooler:
+    /// set them on the role or database (`alter role ... set search_path`).
     pub async fn connect_through_pooler(
         options: PgConnectOptions,
         max_connections: u32,
-        listen: Option<PgConnectOptions>,
+        direct: Option<PgConnectOptions>,
     ) -> Result<Self> {
         let pool = first_connection(options, max_connections).await?;
-        let listen = listen.map(|options| {
-            PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
-                .connect_lazy_with(options)
-        });
-        Ok(Self::build(pool, true, listen))
+        Ok(Self::build(pool, true, direct))
     }
 
     /// Uses a pool the application already has (the one its own transactions use).
@@ -196,15 +196,26 @@ impl PgStore {
         Self::build(pool, false, None)
     }
 
-    fn build(pool: PgPool, pooled: bool, listen: Option<PgPool>) -> Self {
+    /// `pooled`: `pool` goes through a transaction pooler, and `direct` (if any) does not.
+    fn build(pool: PgPool, pooled: bool, direct: Option<PgConnectOptions>) -> Self {
         let stop = CancellationToken::new();
         let db = |pool| Db { pool, pooled };
-        let work = db(side_pool(&pool, WORK_CONNECTIONS, false));
-        let leases = db(side_pool(&pool, LEASE_CONNECTIONS, true));
-        let listen = if pooled {
-            listen
-        } else {
-            Some(work.pool.clone())
+        let options = pool.connect_options();
+        let work = db(side_pool(&options, WORK_CONNECTIONS, false));
+        let (leases, listen) = match (pooled, direct) {
+            (false, _) => (
+                db(side_pool(&options, LEASE_CONNECTIONS, true)),
+                Some(work.pool.clone()),
+            ),
+            (true, Some(direct)) => (
+                Db {
+                    pool: side_pool(&direct, LEASE_CONNECTIONS, true),
+                    pooled: false,
+                },
+                Some(side_pool(&direct, 1, false)),
+            ),
+            // A ping would queue at the pooler too, and a pooler hides a failover anyway.
+            (true, None) => (db(side_pool(&options, LEASE_CONNECTIONS, false)), None),
         };
         let notifier = Notifier::new();
         tokio::spawn(notifier.clone().run(work.clone(), stop.clone()));
@@ -228,19 +239,41 @@ impl PgStore {
         }
     }
 
-    /// The pool, for the application's own queries and transactions.
+    /// The pool, for the application's own queries and transactions. Behind a transaction
+    /// pooler ([`connect_through_pooler`](Self::connect_through_pooler)) your statements on
+    /// it must be unnamed (`.persistent(false)`) and inside a transaction, for the reasons
+    /// given there.
     pub fn pool(&self) -> &PgPool {
         &self.inner.pool.pool
     }
 
     /// Enqueues inside the caller's transaction: the jobs exist if and only if it commits.
     /// The wake-up is a NOTIFY in that transaction, which PostgreSQL delivers on commit.
+    ///
+    /// The connection may go through a transaction pooler, so the statements are unnamed
+    /// (one round trip more each than kept ones); on a connection outside a transaction
+    /// they run in one of their own, which is how sqlx counts it: a `BEGIN` sent as a
+    /// plain query is not seen, so begin with sqlx (`conn.begin()`, `pool.begin()`).
     pub async fn job_insert_many_in(
         conn: &mut PgConnection,
         tenant: TenantId,
         jobs: &[NewJob],
     ) -> Result<Vec<Inserted>> {
         check_batch(jobs)?;
+        if !conn.is_in_transaction() {
+            let mut tx = conn.begin().await?;
+            let inserted = Self::insert_and_notify(&mut tx, tenant, jobs).await?;
+            tx.commit().await?;
+            return Ok(inserted);
+        }
+        Self::insert_and_notify(conn, tenant, jobs).await
+    }
+
+    async fn insert_and_notify(
+        conn: &mut PgConnection,
+        tenant: TenantId,
+        jobs: &[NewJob],
+    ) -> Result<Vec<Inserted>> {
         let inserted = insert::insert_many(conn, tenant, jobs).await?;
         let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
         sqlx::query("select pg_notify($1, q) from (select distinct unnest($2::text[]) q) s")
