@@ -182,14 +182,23 @@ fn try_start(bin: &Path, upstream: &PgConnectOptions) -> Result<u16, String> {
     run(&mut watchdog, "setsid (pgbouncer)");
     // Its own log saying so, not a connection: another process's listener could answer.
     let listening = format!("listening on 127.0.0.1:{port}");
+    // The watchdog removes the folder once PgBouncer exits: keep the last log read.
+    let mut last_log = String::new();
     for _ in 0..100 {
         let log = fs::read_to_string(dir.join("log")).unwrap_or_default();
         if log.contains(&listening) {
             return Ok(port);
         }
+        if !log.is_empty() {
+            last_log = log;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    Err(fs::read_to_string(dir.join("log")).unwrap_or_default())
+    // Still starting after 5 s: stop it before trying another port.
+    if let Ok(pid) = fs::read_to_string(dir.join("pid")) {
+        let _ = Command::new("kill").arg(pid.trim()).status();
+    }
+    Err(last_log)
 }
 
 /// `sh -c WATCHDOG watchdog PARENT_PID PGBOUNCER INI DIR`: runs PgBouncer until the test

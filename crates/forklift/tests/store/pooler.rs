@@ -5,11 +5,12 @@
 use std::time::{Duration, Instant};
 
 use forklift::TenantId;
+use sqlx::{Connection, Executor};
 
 use crate::support::Harness;
 use crate::{fetch_params, lease, noop};
 
-/// Every server connection the pooler has for the database is busy for 3 s: a renewal
+/// Every server connection the pooler has for the database is busy for 5 s: a renewal
 /// that queued behind them would take that long (and a lease shorter than that would be
 /// lost); on the direct URL it does not wait.
 #[tokio::test]
@@ -22,20 +23,39 @@ async fn behind_pgbouncer_a_renewal_does_not_wait_for_the_poolers_busy_connectio
         .await
         .unwrap()
         .remove(0);
+    // One renewal first, so that the direct pool's first connection is not what is timed.
+    let lease = lease(&leased);
+    let renew = || {
+        h.store
+            .job_heartbeat_many(std::slice::from_ref(&lease), Duration::from_secs(30))
+    };
+    assert_eq!(renew().await.unwrap().len(), 1);
     let through_pooler = h.pg_store().pool().clone();
     let sleepers: Vec<_> = (0..forklift_testkit::PGBOUNCER_POOL_SIZE)
         .map(|_| {
             let pool = through_pooler.clone();
-            tokio::spawn(async move { sqlx::raw_sql("select pg_sleep(3)").execute(&pool).await })
+            tokio::spawn(async move { sqlx::raw_sql("select pg_sleep(5)").execute(&pool).await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // PgBouncer opens its server connections one at a time: wait until all are asleep.
+    let asleep = "select count(*) from pg_stat_activity where query = 'select pg_sleep(5)' and state = 'active'";
+    let deadline = Instant::now() + Duration::from_secs(4);
+    loop {
+        let n: i64 = sqlx::query_scalar(asleep)
+            .fetch_one(&h.pg_schema().pool)
+            .await
+            .unwrap();
+        if n as usize == forklift_testkit::PGBOUNCER_POOL_SIZE {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {n} of PgBouncer's server connections are busy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let start = Instant::now();
-    let held = h
-        .store
-        .job_heartbeat_many(&[lease(&leased)], Duration::from_secs(30))
-        .await
-        .unwrap();
+    let held = renew().await.unwrap();
     let waited = start.elapsed();
     assert_eq!(held.len(), 1);
     assert!(
@@ -62,7 +82,7 @@ async fn behind_pgbouncer_enqueue_in_works_on_a_bare_connection_and_in_a_transac
                 for _ in 0..10 {
                     client.enqueue_in(&mut conn, noop()).await.unwrap();
                 }
-                let mut tx = pool.begin().await.unwrap();
+                let mut tx = conn.begin().await.unwrap();
                 for _ in 0..10 {
                     client.enqueue_in(&mut *tx, noop()).await.unwrap();
                 }
@@ -75,4 +95,35 @@ async fn behind_pgbouncer_enqueue_in_works_on_a_bare_connection_and_in_a_transac
     }
     let counts = h.store.job_counts(TenantId::DEFAULT).await.unwrap();
     assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 160);
+}
+
+/// A transaction begun with a plain `BEGIN` (which sqlx does not count) stays the
+/// caller's: rolled back, it takes the enqueued job with it. Directly and through PgBouncer.
+#[tokio::test]
+async fn enqueue_in_after_a_plain_begin_is_rolled_back_with_the_callers_transaction() {
+    for h in [Harness::pg().await, Harness::pgbouncer().await] {
+        let mut conn = h.pg_store().pool().acquire().await.unwrap();
+        conn.execute("begin").await.unwrap();
+        h.client().enqueue_in(&mut conn, noop()).await.unwrap();
+        conn.execute("rollback").await.unwrap();
+        let counts = h.store.job_counts(TenantId::DEFAULT).await.unwrap();
+        assert_eq!(counts.iter().map(|c| c.count).sum::<i64>(), 0);
+    }
+}
+
+/// A direct URL that reaches other tables than the pooler would run the renewals where no
+/// lease is: refused at connect, with both names.
+#[tokio::test]
+async fn a_direct_url_to_another_database_than_the_poolers_is_refused() {
+    let db = forklift_testkit::fresh_pooled_database().await;
+    let elsewhere: sqlx::postgres::PgConnectOptions =
+        forklift_testkit::database_url().await.parse().unwrap();
+    let refused =
+        forklift::PgStore::connect_through_pooler(db.pooled.clone(), 2, Some(elsewhere)).await;
+    let message = refused.err().expect("refused").to_string();
+    assert!(message.contains("direct URL"), "{message}");
+    let same = db.direct.connect_options();
+    forklift::PgStore::connect_through_pooler(db.pooled, 2, Some(same))
+        .await
+        .expect("the same database is accepted");
 }

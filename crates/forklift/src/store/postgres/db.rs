@@ -103,6 +103,8 @@ impl<'c> Executor<'c> for &'c Db {
         })
     }
 
+    // Both name a statement outside a transaction, which a pooler breaks (and leaves on a
+    // shared server connection); the store uses neither, so behind one they refuse.
     fn prepare_with<'e, 'q: 'e>(
         self,
         sql: &'q str,
@@ -111,6 +113,9 @@ impl<'c> Executor<'c> for &'c Db {
     where
         'c: 'e,
     {
+        if self.pooled {
+            return Box::pin(async { Err(not_behind_a_pooler()) });
+        }
         self.pool.prepare_with(sql, parameters)
     }
 
@@ -121,6 +126,35 @@ impl<'c> Executor<'c> for &'c Db {
     where
         'c: 'e,
     {
+        if self.pooled {
+            return Box::pin(async { Err(not_behind_a_pooler()) });
+        }
         self.pool.describe(sql)
+    }
+}
+
+fn not_behind_a_pooler() -> sqlx::Error {
+    sqlx::Error::Configuration(
+        "statements are not prepared ahead behind a transaction pooler".into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No server is needed: the refusal comes before any connection is made.
+    #[tokio::test]
+    async fn behind_a_pooler_prepare_and_describe_are_refused_without_a_connection() {
+        let options: sqlx::postgres::PgConnectOptions =
+            "postgres://nobody@127.0.0.1:1/none".parse().unwrap();
+        let db = Db {
+            pool: sqlx::postgres::PgPoolOptions::new().connect_lazy_with(options),
+            pooled: true,
+        };
+        let prepared = (&db).prepare_with("select 1", &[]).await;
+        assert!(matches!(prepared, Err(sqlx::Error::Configuration(_))));
+        let described = (&db).describe("select 1").await;
+        assert!(matches!(described, Err(sqlx::Error::Configuration(_))));
     }
 }

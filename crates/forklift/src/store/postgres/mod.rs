@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, Executor, PgConnection, PgPool, Row};
 use tokio::sync::broadcast;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -103,6 +103,28 @@ async fn first_connection(options: PgConnectOptions, max_connections: u32) -> Re
     }
 }
 
+/// Checks that `direct` reaches the database and schema that `pool` does: the renewals
+/// run there, and on other tables they would find no lease and stop every running job.
+async fn same_tables(pool: &PgPool, direct: &PgConnectOptions) -> Result<()> {
+    const WHERE: &str = "select current_database()::text, coalesce(current_schema()::text, '')";
+    let row = pool.fetch_one(WHERE).await?;
+    let through_pooler: (String, String) = (row.try_get(0)?, row.try_get(1)?);
+    let mut conn = PgConnection::connect_with(direct).await?;
+    let straight: (String, String) = sqlx::query_as(WHERE).fetch_one(&mut conn).await?;
+    let _ = conn.close().await;
+    if through_pooler != straight {
+        return Err(Error::Database(sqlx::Error::Configuration(
+            format!(
+                "the direct URL reaches database {:?}, schema {:?}, but the pooler {:?}, schema {:?}: \
+                 give the direct URL the same database and search_path",
+                straight.0, straight.1, through_pooler.0, through_pooler.1
+            )
+            .into(),
+        )));
+    }
+    Ok(())
+}
+
 /// The longest a call of a store made by [`PgStore::connect`] waits for a pooled
 /// connection. Short, because while the database is down every call waits this long
 /// before it fails; long enough for a busy pool to hand a connection over.
@@ -182,6 +204,9 @@ impl PgStore {
         direct: Option<PgConnectOptions>,
     ) -> Result<Self> {
         let pool = first_connection(options, max_connections).await?;
+        if let Some(direct) = &direct {
+            same_tables(&pool, direct).await?;
+        }
         Ok(Self::build(pool, true, direct))
     }
 
@@ -251,22 +276,35 @@ impl PgStore {
     /// The wake-up is a NOTIFY in that transaction, which PostgreSQL delivers on commit.
     ///
     /// The connection may go through a transaction pooler, so the statements are unnamed
-    /// (one round trip more each than kept ones); on a connection outside a transaction
-    /// they run in one of their own, which is how sqlx counts it: a `BEGIN` sent as a
-    /// plain query is not seen, so begin with sqlx (`conn.begin()`, `pool.begin()`).
+    /// (one round trip more each than kept ones), and they must not run outside a
+    /// transaction: on a connection in none they run in one of their own. sqlx counts only
+    /// the transactions it began, so when it knows of none the server is asked (a
+    /// savepoint, which a transaction begun with a plain `BEGIN` accepts): one round trip.
     pub async fn job_insert_many_in(
         conn: &mut PgConnection,
         tenant: TenantId,
         jobs: &[NewJob],
     ) -> Result<Vec<Inserted>> {
         check_batch(jobs)?;
-        if !conn.is_in_transaction() {
-            let mut tx = conn.begin().await?;
-            let inserted = Self::insert_and_notify(&mut tx, tenant, jobs).await?;
-            tx.commit().await?;
-            return Ok(inserted);
+        if conn.is_in_transaction() {
+            return Self::insert_and_notify(conn, tenant, jobs).await;
         }
-        Self::insert_and_notify(conn, tenant, jobs).await
+        // A plain string runs as a simple query: no statement to name or keep.
+        match conn.execute("savepoint forklift_enqueue").await {
+            Ok(_) => {
+                let inserted = Self::insert_and_notify(conn, tenant, jobs).await?;
+                conn.execute("release savepoint forklift_enqueue").await?;
+                Ok(inserted)
+            }
+            // 25P01: no transaction block.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("25P01") => {
+                let mut tx = conn.begin().await?;
+                let inserted = Self::insert_and_notify(&mut tx, tenant, jobs).await?;
+                tx.commit().await?;
+                Ok(inserted)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     async fn insert_and_notify(
