@@ -2,6 +2,7 @@
 //! fresh file (SQLite), each repeated, printed as a table of median [min - max], one JSON
 //! line, and the summary lines that the peers' `anchors.sh` reads.
 
+mod fairness;
 mod history;
 mod scale;
 mod scenarios;
@@ -31,7 +32,8 @@ pub struct BenchArgs {
     /// burn-down end to end through `forklift serve` as shipped), and, not run by default,
     /// history (reads and work on an empty table, then with `--history-rows` finished
     /// jobs), backlog (the burn-down behind `--backlog` jobs no process can run) and scale
-    /// (the burn-down by 1, 2 and 4 `forklift worker` processes; PostgreSQL only).
+    /// (the burn-down by 1, 2 and 4 `forklift worker` processes; PostgreSQL only) and
+    /// fairness (a big tenant's backlog beside a small tenant enqueueing 20 jobs/s).
     #[arg(
         long,
         value_delimiter = ',',
@@ -193,9 +195,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 "history" => history::history(&fresh, &args, &mut results).await?,
                 "backlog" => scenarios::backlog(&fresh, &args, &mut results).await?,
                 "scale" => scale::scale(&fresh, &args, &mut results).await?,
+                "fairness" => fairness::fairness(&fresh, &args, &mut results).await?,
                 other => {
                     bail!(
-                        "unknown scenario `{other}` (batch, single, burndown, latency, http, api, history, backlog, scale)"
+                        "unknown scenario `{other}` (batch, single, burndown, latency, http, api, history, backlog, scale, fairness)"
                     )
                 }
             }

@@ -14,12 +14,16 @@ use serde::Deserialize;
 use super::{BenchArgs, Concrete, Fresh, Results};
 use crate::http::{ApiConfig, AppState, router};
 
-fn noop() -> NewJob {
+pub(super) fn noop() -> NewJob {
     NewJob::new("noop", serde_json::json!({}))
 }
 
 /// A worker as shipped, but for its concurrency (default 100, as `forklift serve`'s).
-fn bench_worker(store: Arc<dyn forklift::Store>, registry: Registry, concurrency: usize) -> Worker {
+pub(super) fn bench_worker(
+    store: Arc<dyn forklift::Store>,
+    registry: Registry,
+    concurrency: usize,
+) -> Worker {
     let config = WorkerConfig {
         queues: vec![QueueConfig::new("default", concurrency)],
         maintenance: None,
