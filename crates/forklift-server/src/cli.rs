@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// Requests a tenant may burst above the rate.
     #[arg(long, env = "FORKLIFT_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
+    /// Jobs a tenant may have unfinished (queued or running); an enqueue past it gets 429
+    /// `quota_exceeded`. 0: no quota.
+    #[arg(long, env = "FORKLIFT_MAX_UNFINISHED_JOBS", default_value_t = 0)]
+    pub max_unfinished_jobs: u64,
     /// The largest request body, in bytes.
     #[arg(long, env = "FORKLIFT_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,

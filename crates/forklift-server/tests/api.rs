@@ -25,6 +25,7 @@ on_both_stores!(
     stats_count_by_status_type_and_queue,
     another_tenants_jobs_are_invisible_everywhere,
     rate_limited_tenants_get_429_with_retry_after,
+    a_tenants_quota_of_unfinished_jobs_answers_429_and_frees_as_jobs_end,
     dev_mode_serves_requests_without_a_key_as_the_default_tenant,
     health_ready_and_metrics_answer,
     unknown_routes_and_methods_answer_in_the_error_shape,
@@ -478,6 +479,66 @@ async fn another_tenants_jobs_are_invisible_everywhere(b: Backend) {
         .await;
     let (_, a_queues) = api.get("/queues").await;
     assert_eq!(a_queues["queues"][0]["paused"], false);
+}
+
+async fn a_tenants_quota_of_unfinished_jobs_answers_429_and_frees_as_jobs_end(b: Backend) {
+    let api = TestApi::with_config(
+        b,
+        ApiConfig {
+            max_unfinished_jobs: 3,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    // No worker runs `report`: the jobs stay queued.
+    let job = || json!({"type": "report"});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, body) = api.post("/jobs", job()).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        ids.push(body["job_id"].as_str().unwrap().to_string());
+    }
+    let resp = api
+        .raw()
+        .post(format!("{}/jobs", api.base))
+        .bearer_auth(&api.key_a)
+        .json(&job())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(resp.headers().contains_key(header::RETRY_AFTER));
+    assert_eq!(error_code(&resp.json().await.unwrap()), "quota_exceeded");
+    let batch = json!({"jobs": [job()]});
+    let (status, body) = api.post("/jobs/batch", batch.clone()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+    );
+    // Another tenant has a quota of its own.
+    let (status, _) = api
+        .call(Method::POST, "/jobs", Some(&api.key_b), Some(job()))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // A job that ends frees its place; a batch larger than the room left is refused whole.
+    let (status, _) = api
+        .post(&format!("/jobs/{}/cancel", ids[0]), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let two = json!({"jobs": [job(), job()]});
+    let (status, body) = api.post("/jobs/batch", two).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+    );
+    let (status, _) = api.post("/jobs/batch", batch).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, listed) = api.get("/jobs?status=QUEUED").await;
+    assert_eq!(
+        listed["jobs"].as_array().unwrap().len(),
+        3,
+        "the refused calls wrote nothing"
+    );
 }
 
 async fn rate_limited_tenants_get_429_with_retry_after(b: Backend) {

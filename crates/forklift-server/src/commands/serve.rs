@@ -97,6 +97,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         body_timeout: Duration::from_secs(args.body_timeout_seconds),
         rate_limit_per_second: args.rate_limit,
         rate_limit_burst: args.rate_burst,
+        max_unfinished_jobs: args.max_unfinished_jobs,
         metrics_token: args
             .metrics_token
             .as_deref()

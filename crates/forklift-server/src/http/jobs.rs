@@ -18,6 +18,40 @@ fn client(state: &AppState, tenant: Tenant) -> Client {
     state.client.for_tenant(tenant.0)
 }
 
+/// Refuses an enqueue of `adding` jobs that would take the tenant past its quota of
+/// unfinished jobs ([`super::ApiConfig::max_unfinished_jobs`]). The count is the
+/// maintained counters' (a read that does not grow with the history).
+async fn check_quota(state: &AppState, tenant: &Tenant, adding: usize) -> Result<(), ApiError> {
+    let quota = state.config.max_unfinished_jobs;
+    if quota == 0 {
+        return Ok(());
+    }
+    let counts = state.client.store().job_counts(tenant.0).await?;
+    let unfinished: i64 = counts
+        .iter()
+        .filter(|c| !c.status.is_final())
+        .map(|c| c.count)
+        .sum();
+    if unfinished.max(0) as u64 + adding as u64 > quota {
+        return Err(ApiError {
+            retry_after: Some(QUOTA_RETRY_AFTER_SECONDS),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                format!(
+                    "this tenant has {unfinished} unfinished jobs and may have {quota}: \
+                     wait for some to finish"
+                ),
+            )
+        });
+    }
+    Ok(())
+}
+
+/// `Retry-After` of a `quota_exceeded` answer: when jobs finish is not known here, so a
+/// client is asked to look again in a few seconds.
+const QUOTA_RETRY_AFTER_SECONDS: u64 = 5;
+
 /// The `Idempotency-Key` header: 1–255 printable ASCII characters, sent once.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = single_header(headers, "idempotency-key")? else {
@@ -52,7 +86,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
         (status = 409, description = "`Idempotency-Key` reused with a different request", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`), or the tenant's quota of unfinished jobs is full (`quota_exceeded`); see `Retry-After`", body = ErrorBody),
         (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn enqueue(
@@ -65,6 +100,7 @@ pub async fn enqueue(
     // that a reused key comes with the same request.
     let header_key = idempotency_key(&headers)?.filter(|_| req.unique_key.is_none());
     let job = req.into_new_job(header_key.clone())?;
+    check_quota(&state, &tenant, 1).await?;
     let inserted = client(&state, tenant)
         .enqueue_many(std::slice::from_ref(&job))
         .await?
@@ -87,7 +123,8 @@ pub async fn enqueue(
     responses((status = 202, description = "Enqueued", body = BatchResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 408, description = "The body did not arrive in time", body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`), or the batch would take the tenant past its quota of unfinished jobs (`quota_exceeded`); see `Retry-After`", body = ErrorBody),
         (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn enqueue_batch(
@@ -112,6 +149,7 @@ pub async fn enqueue_batch(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
+    check_quota(&state, &tenant, jobs.len()).await?;
     let inserted = client(&state, tenant).enqueue_many(&jobs).await?;
     let job_ids = inserted.iter().map(|i| i.job.job_id.to_string()).collect();
     Ok((StatusCode::ACCEPTED, axum::Json(BatchResponse { job_ids })))

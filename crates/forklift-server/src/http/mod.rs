@@ -46,6 +46,11 @@ pub struct ApiConfig {
     /// The bearer token that opens `/metrics` (tenants' keys do not). Default none:
     /// `/metrics` is then served only under `dev`.
     pub metrics_token: Option<String>,
+    /// Jobs a tenant may have unfinished (queued or running): an enqueue that would go past
+    /// it answers 429 `quota_exceeded`, so that one tenant cannot fill the database. A soft
+    /// limit: requests in flight at once may each pass it by their own jobs. 0, the
+    /// default, is no quota.
+    pub max_unfinished_jobs: u64,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +63,7 @@ impl Default for ApiConfig {
             rate_limit_burst: 200,
             key_cache_ttl: Duration::from_secs(10),
             metrics_token: None,
+            max_unfinished_jobs: 0,
         }
     }
 }
