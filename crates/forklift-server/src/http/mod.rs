@@ -48,8 +48,9 @@ pub struct ApiConfig {
     pub metrics_token: Option<String>,
     /// Jobs a tenant may have unfinished (queued or running): an enqueue that would go past
     /// it answers 429 `quota_exceeded`, so that one tenant cannot fill the database. A soft
-    /// limit: requests in flight at once may each pass it by their own jobs. 0, the
-    /// default, is no quota.
+    /// limit: requests in flight at once may each pass it by their own jobs. Checked
+    /// before a unique key is looked up, so while the quota is full a repeated keyed
+    /// enqueue is refused too, not answered 200. 0, the default, is no quota.
     pub max_unfinished_jobs: u64,
 }
 
