@@ -533,6 +533,14 @@ async fn a_tenants_quota_of_unfinished_jobs_answers_429_and_frees_as_jobs_end(b:
     );
     let (status, _) = api.post("/jobs/batch", batch).await;
     assert_eq!(status, StatusCode::ACCEPTED);
+    // Retrying the cancelled job would make a fourth unfinished one.
+    let (status, body) = api
+        .post(&format!("/jobs/{}/retry", ids[0]), json!({}))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "quota_exceeded")
+    );
     let (_, listed) = api.get("/jobs?status=QUEUED").await;
     assert_eq!(
         listed["jobs"].as_array().unwrap().len(),

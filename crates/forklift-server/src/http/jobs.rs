@@ -285,7 +285,8 @@ pub async fn cancel(
 /// Queue a FAILED, PARTIAL_SUCCESS or CANCELLED job again with fresh attempts.
 #[utoipa::path(post, path = "/jobs/{job_id}/retry", tag = "jobs", params(JobIdParam),
     responses((status = 200, body = JobView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 409, description = "Not in a retryable status", body = ErrorBody), (status = 429, body = ErrorBody),
+        (status = 409, description = "Not in a retryable status", body = ErrorBody),
+        (status = 429, description = "Rate limited (`rate_limited`), or the tenant's quota of unfinished jobs is full (`quota_exceeded`); see `Retry-After`", body = ErrorBody),
         (status = 503, body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn retry(
@@ -293,6 +294,8 @@ pub async fn retry(
     tenant: Tenant,
     JobIdPath(id): JobIdPath,
 ) -> Result<axum::Json<JobView>, ApiError> {
+    // A retry makes a finished job unfinished again: it counts against the quota.
+    check_quota(&state, &tenant, 1).await?;
     let job = client(&state, tenant).retry(id).await?;
     Ok(axum::Json(job.into()))
 }
