@@ -106,8 +106,8 @@ pub struct ServeArgs {
     /// Requests a tenant may burst above the rate.
     #[arg(long, env = "FORKLIFT_RATE_BURST", default_value_t = 200)]
     pub rate_burst: u32,
-    /// Jobs a tenant may have unfinished (queued or running); an enqueue past it gets 429
-    /// `quota_exceeded`. 0: no quota.
+    /// Jobs a tenant may have unfinished (queued or running); an enqueue or retry past it
+    /// gets 429 `quota_exceeded`. 0: no quota.
     #[arg(long, env = "FORKLIFT_MAX_UNFINISHED_JOBS", default_value_t = 0)]
     pub max_unfinished_jobs: u64,
     /// The largest request body, in bytes.

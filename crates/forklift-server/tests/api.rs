@@ -547,6 +547,37 @@ async fn a_tenants_quota_of_unfinished_jobs_answers_429_and_frees_as_jobs_end(b:
         3,
         "the refused calls wrote nothing"
     );
+
+    // Twenty batches of 10 at once against room for 47: each sees the others in flight,
+    // so no more than the room is accepted.
+    let api = TestApi::with_config(
+        b,
+        ApiConfig {
+            max_unfinished_jobs: 50,
+            rate_limit_per_second: 0,
+            ..ApiConfig::default()
+        },
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(api.post("/jobs", job()).await.0, StatusCode::ACCEPTED);
+    }
+    let ten = json!({"jobs": vec![job(); 10]});
+    let calls = (0..20).map(|_| api.post("/jobs/batch", ten.clone()));
+    let answers = futures::future::join_all(calls).await;
+    let accepted = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::ACCEPTED)
+        .count();
+    assert!(
+        answers
+            .iter()
+            .all(|(s, body)| *s == StatusCode::ACCEPTED || error_code(body) == "quota_exceeded")
+    );
+    assert!(
+        accepted <= 4,
+        "{accepted} batches of 10 accepted into room for 47"
+    );
 }
 
 async fn rate_limited_tenants_get_429_with_retry_after(b: Backend) {

@@ -11,46 +11,12 @@ use utoipa::IntoParams;
 use super::AppState;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{ApiJson, ApiQuery, JobIdPath, Tenant, single_header};
-use super::idempotency;
 use super::model::{BatchRequest, BatchResponse, EnqueueRequest, JobList, JobView, StatusName};
+use super::{idempotency, quota};
 
 fn client(state: &AppState, tenant: Tenant) -> Client {
     state.client.for_tenant(tenant.0)
 }
-
-/// Refuses an enqueue of `adding` jobs that would take the tenant past its quota of
-/// unfinished jobs ([`super::ApiConfig::max_unfinished_jobs`]). The count is the
-/// maintained counters' (a read that does not grow with the history).
-async fn check_quota(state: &AppState, tenant: &Tenant, adding: usize) -> Result<(), ApiError> {
-    let quota = state.config.max_unfinished_jobs;
-    if quota == 0 {
-        return Ok(());
-    }
-    let counts = state.client.store().job_counts(tenant.0).await?;
-    let unfinished: i64 = counts
-        .iter()
-        .filter(|c| !c.status.is_final())
-        .map(|c| c.count)
-        .sum();
-    if unfinished.max(0) as u64 + adding as u64 > quota {
-        return Err(ApiError {
-            retry_after: Some(QUOTA_RETRY_AFTER_SECONDS),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "quota_exceeded",
-                format!(
-                    "this tenant has {unfinished} unfinished jobs and may have {quota}: \
-                     wait for some to finish"
-                ),
-            )
-        });
-    }
-    Ok(())
-}
-
-/// `Retry-After` of a `quota_exceeded` answer: when jobs finish is not known here, so a
-/// client is asked to look again in a few seconds.
-const QUOTA_RETRY_AFTER_SECONDS: u64 = 5;
 
 /// The `Idempotency-Key` header: 1–255 printable ASCII characters, sent once.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -100,7 +66,7 @@ pub async fn enqueue(
     // that a reused key comes with the same request.
     let header_key = idempotency_key(&headers)?.filter(|_| req.unique_key.is_none());
     let job = req.into_new_job(header_key.clone())?;
-    check_quota(&state, &tenant, 1).await?;
+    let _reserved = quota::reserve(&state, tenant.0, 1).await?;
     let inserted = client(&state, tenant)
         .enqueue_many(std::slice::from_ref(&job))
         .await?
@@ -149,7 +115,7 @@ pub async fn enqueue_batch(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    check_quota(&state, &tenant, jobs.len()).await?;
+    let _reserved = quota::reserve(&state, tenant.0, jobs.len()).await?;
     let inserted = client(&state, tenant).enqueue_many(&jobs).await?;
     let job_ids = inserted.iter().map(|i| i.job.job_id.to_string()).collect();
     Ok((StatusCode::ACCEPTED, axum::Json(BatchResponse { job_ids })))
@@ -295,7 +261,7 @@ pub async fn retry(
     JobIdPath(id): JobIdPath,
 ) -> Result<axum::Json<JobView>, ApiError> {
     // A retry makes a finished job unfinished again: it counts against the quota.
-    check_quota(&state, &tenant, 1).await?;
+    let _reserved = quota::reserve(&state, tenant.0, 1).await?;
     let job = client(&state, tenant).retry(id).await?;
     Ok(axum::Json(job.into()))
 }

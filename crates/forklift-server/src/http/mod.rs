@@ -10,6 +10,7 @@ pub mod model;
 pub mod ops;
 pub mod payload;
 pub mod queues;
+pub mod quota;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,11 +47,12 @@ pub struct ApiConfig {
     /// The bearer token that opens `/metrics` (tenants' keys do not). Default none:
     /// `/metrics` is then served only under `dev`.
     pub metrics_token: Option<String>,
-    /// Jobs a tenant may have unfinished (queued or running): an enqueue that would go past
-    /// it answers 429 `quota_exceeded`, so that one tenant cannot fill the database. A soft
-    /// limit: requests in flight at once may each pass it by their own jobs. Checked
-    /// before a unique key is looked up, so while the quota is full a repeated keyed
-    /// enqueue is refused too, not answered 200. 0, the default, is no quota.
+    /// Jobs a tenant may have unfinished (queued or running): an enqueue or a retry that
+    /// would go past it answers 429 `quota_exceeded`, so that one tenant cannot fill the
+    /// database. Requests in flight in this process count (see `quota.rs`); other API
+    /// processes' in flight do not. Checked before a unique key is looked up, so while the
+    /// quota is full a repeated keyed enqueue is refused too, not answered 200. 0, the
+    /// default, is no quota.
     pub max_unfinished_jobs: u64,
 }
 
@@ -79,6 +81,8 @@ pub struct AppState {
     /// Renders `/metrics`; `None` when the embedding app installed its own recorder.
     pub metrics: Option<PrometheusHandle>,
     pub scrapes: Arc<ops::Scrapes>,
+    /// Jobs being added by requests in flight, for the quota of unfinished jobs.
+    pub reservations: Arc<quota::Reservations>,
 }
 
 impl AppState {
@@ -93,6 +97,7 @@ impl AppState {
             client,
             metrics,
             scrapes: Arc::default(),
+            reservations: Arc::default(),
         }
     }
 }
@@ -114,7 +119,12 @@ first one made; the same key with a different request (`type`, `payload`, `queue
 `priority`, `max_attempts`, `timeout_seconds` or `tags`) answers 409 `idempotency_key_reused` \
 while that job is unfinished. The body's `unique_key` only deduplicates: a live job with the \
 key answers 200, whatever the rest of the request; a body with `unique_key` makes the header \
-ignored.";
+ignored.
+
+A server started with `--max-unfinished-jobs N` answers 429 `quota_exceeded` (with \
+`Retry-After`) to an enqueue or retry that would give the tenant more than N queued or \
+running jobs, a repeat of a keyed enqueue included: its 200 comes once there is room. Room \
+comes back as jobs finish; a paused queue or a type no worker runs keeps it taken.";
 
 #[derive(OpenApi)]
 #[openapi(

@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use forklift::{Client, Registry, builtin};
 
 use super::scenarios::{bench_worker, drained, enqueue_in_calls_of_1000, noop};
@@ -24,25 +25,27 @@ pub async fn fairness(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> any
         tokio::time::sleep(Duration::from_millis(300)).await; // started and idle
         let start = Instant::now();
         big.resume_queue("default").await?;
-        let mut ids = Vec::new();
-        if with_small {
-            let mut every = tokio::time::interval(Duration::from_millis(50));
-            while start.elapsed() < Duration::from_secs(300) {
-                every.tick().await;
-                ids.push(small.enqueue(noop()).await?.job.job_id);
-                let left = store.job_counts(big.tenant()).await?;
-                let unfinished: i64 = left
-                    .iter()
-                    .filter(|c| !c.status.is_final())
-                    .map(|c| c.count)
-                    .sum();
-                if unfinished == 0 {
-                    break;
+        // B enqueues on a task of its own, so both runs end alike: when A is drained.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let enqueuer = with_small.then(|| {
+            let (small, stop) = (small.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                let mut every = tokio::time::interval(Duration::from_millis(50));
+                while !stop.is_cancelled() {
+                    every.tick().await;
+                    ids.push(small.enqueue(noop()).await?.job.job_id);
                 }
-            }
-        }
+                anyhow::Ok(ids)
+            })
+        });
         drained(&big).await?;
         let rate = n as f64 / start.elapsed().as_secs_f64();
+        stop.cancel();
+        let ids = match enqueuer {
+            Some(task) => task.await??,
+            None => Vec::new(),
+        };
         drained(&small).await?;
         worker.shutdown().await;
         let label = if with_small {
@@ -59,17 +62,24 @@ pub async fn fairness(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> any
             let mut waits = Vec::new();
             for id in ids {
                 let job = small.get(id).await?;
-                if let Some(started) = job.started_at {
-                    waits.push((started - job.created_at).as_seconds_f64() * 1000.0);
-                }
+                let Some(started) = job.started_at else {
+                    bail!("the small tenant's job {id} never started");
+                };
+                waits.push((started - job.created_at).as_seconds_f64() * 1000.0);
+            }
+            if waits.is_empty() {
+                bail!("the small tenant enqueued nothing: the burn-down was over at once");
             }
             waits.sort_by(f64::total_cmp);
             let at = |q: f64| waits[((waits.len() - 1) as f64 * q).round() as usize];
-            if !waits.is_empty() {
-                out.add("fairness: small tenant's wait p50", "ms", at(0.5));
-                out.add("fairness: small tenant's wait p99", "ms", at(0.99));
-                out.add("fairness: small tenant's wait max", "ms", at(1.0));
-            }
+            out.add(
+                "fairness: small tenant's jobs measured",
+                "jobs",
+                waits.len() as f64,
+            );
+            out.add("fairness: small tenant's wait p50", "ms", at(0.5));
+            out.add("fairness: small tenant's wait p99", "ms", at(0.99));
+            out.add("fairness: small tenant's wait max", "ms", at(1.0));
         }
     }
     Ok(())
