@@ -8,6 +8,7 @@
 mod support;
 
 mod ahead;
+mod fairness;
 mod outcomes;
 mod robustness;
 mod signals;
@@ -16,12 +17,14 @@ use forklift::{NewJob, Registry, TypeOptions, builtin};
 use support::{conformance, quick_backoff};
 
 use self::ahead::*;
+use self::fairness::*;
 use self::outcomes::*;
 use self::robustness::*;
 use self::signals::*;
 
 conformance! {
     both: [
+        a_small_tenants_job_starts_after_a_bounded_part_of_a_big_tenants_backlog,
         worker_runs_a_job_to_success_with_its_result,
         many_jobs_all_finish_once,
         retryable_failures_back_off_and_then_succeed,
