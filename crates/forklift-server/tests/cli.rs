@@ -26,6 +26,11 @@ fn free_port() -> u16 {
         .port()
 }
 
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    let answer = http.get(url).send().await.unwrap();
+    answer.json().await.unwrap()
+}
+
 struct Server {
     child: Child,
     url: String,
@@ -156,14 +161,7 @@ async fn sigterm_releases_running_jobs_after_the_grace_period() {
     let id = job["job_id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let j: Value = http
-            .get(format!("{}/jobs/{id}", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let j = get_json(&http, &format!("{}/jobs/{id}", server.url)).await;
         if j["status"] == "RUNNING" {
             break;
         }
@@ -309,14 +307,7 @@ async fn serve_behind_pgbouncer_in_transaction_mode_takes_and_runs_every_job() {
     assert!(statuses.iter().all(|s| s.as_u16() == 202), "{statuses:?}");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let stats: Value = http
-            .get(format!("{}/stats", server.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let stats = get_json(&http, &format!("{}/stats", server.url)).await;
         if stats["counts"]["by_status"]["SUCCESS"] == 200 {
             break;
         }

@@ -60,21 +60,7 @@ impl TestSchema {
 pub async fn fresh_schema() -> TestSchema {
     static CLEANED: AtomicBool = AtomicBool::new(false);
     let base = database_url().await;
-    let mut admin = PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("{base}: {e}"));
-    if !CLEANED.swap(true, Ordering::SeqCst) {
-        drop_stale_schemas(&mut admin).await;
-    }
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    let name = format!("fl_t_{}_{}", unix_secs(), &random[..8]);
-    let create = format!(r#"CREATE SCHEMA "{name}""#);
-    admin
-        .execute(create.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("{create}: {e}"));
-    let _ = admin.close().await;
-
+    let name = create_fresh(&SCHEMA, &CLEANED).await;
     let options = PgConnectOptions::from_str(&base).unwrap_or_else(|e| panic!("{base}: {e}"));
     let pool = PgPoolOptions::new()
         .max_connections(10)
@@ -88,23 +74,56 @@ pub async fn fresh_schema() -> TestSchema {
     TestSchema { pool, name, url }
 }
 
-/// Drops `fl_t_*` schemas whose embedded timestamp is over 3 hours old. Errors are ignored:
-/// other test processes may be dropping the same schemas right now.
-async fn drop_stale_schemas(admin: &mut PgConnection) {
-    let sql = r"SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'fl\_t\_%'";
-    let names: Vec<String> = sqlx::query_scalar(sql)
-        .fetch_all(&mut *admin)
+/// A kind of object made fresh for each test: its name is `<prefix><unix seconds>_<8 random
+/// hex>`, the timestamp letting later runs drop leftovers older than `max_age_secs`.
+struct Fresh {
+    prefix: &'static str,
+    /// Lists the objects' names (`LIKE` the prefix).
+    list: &'static str,
+    /// `{}` is the name.
+    create: &'static str,
+    drop: &'static str,
+    max_age_secs: u64,
+}
+
+const SCHEMA: Fresh = Fresh {
+    prefix: "fl_t_",
+    list: r"SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'fl\_t\_%'",
+    create: r#"CREATE SCHEMA "{}""#,
+    drop: r#"DROP SCHEMA IF EXISTS "{}" CASCADE"#,
+    max_age_secs: 3 * 3600,
+};
+
+/// Makes a new object of `kind` and returns its name; the first call in a process (per
+/// `cleaned`) first drops those over the kind's age. Drop errors are ignored: other test
+/// processes may be dropping the same objects right now.
+async fn create_fresh(kind: &Fresh, cleaned: &AtomicBool) -> String {
+    let base = database_url().await;
+    let mut admin = PgConnection::connect(&base)
         .await
-        .unwrap_or_default();
-    let cutoff = unix_secs().saturating_sub(3 * 3600);
-    for name in names {
-        let created = name.split('_').nth(2).and_then(|t| t.parse::<u64>().ok());
-        if created.is_some_and(|t| t < cutoff) {
-            let _ = admin
-                .execute(format!(r#"DROP SCHEMA IF EXISTS "{name}" CASCADE"#).as_str())
-                .await;
+        .unwrap_or_else(|e| panic!("{base}: {e}"));
+    if !cleaned.swap(true, Ordering::SeqCst) {
+        let names: Vec<String> = sqlx::query_scalar(kind.list)
+            .fetch_all(&mut admin)
+            .await
+            .unwrap_or_default();
+        let cutoff = unix_secs().saturating_sub(kind.max_age_secs);
+        for name in names {
+            let created = name.split('_').nth(2).and_then(|t| t.parse::<u64>().ok());
+            if created.is_some_and(|t| t < cutoff) {
+                let _ = admin.execute(kind.drop.replace("{}", &name).as_str()).await;
+            }
         }
     }
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("{}{}_{}", kind.prefix, unix_secs(), &random[..8]);
+    let create = kind.create.replace("{}", &name);
+    admin
+        .execute(create.as_str())
+        .await
+        .unwrap_or_else(|e| panic!("{create}: {e}"));
+    let _ = admin.close().await;
+    name
 }
 
 async fn resolve_url() -> String {

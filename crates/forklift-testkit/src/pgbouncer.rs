@@ -10,13 +10,13 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::str::FromStr;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection};
 use tokio::sync::OnceCell;
 
-use crate::{TestSchema, blocking, cluster_cmd, database_url, euid, run, unix_secs};
+use crate::{Fresh, TestSchema, blocking, cluster_cmd, create_fresh, database_url, euid, run};
 
 /// Server connections PgBouncer keeps per database (`max_db_connections`): a test that
 /// occupies them all sees what waits at the pooler.
@@ -37,24 +37,10 @@ pub struct PooledDatabase {
 /// Databases are not dropped when the test ends (PgBouncer still holds its connections
 /// then); the first call in each process drops `fl_d_*` databases over 10 minutes old.
 pub async fn fresh_pooled_database() -> PooledDatabase {
-    static CLEANED: OnceCell<()> = OnceCell::const_new();
+    static CLEANED: AtomicBool = AtomicBool::new(false);
     let base = database_url().await;
     let port = pgbouncer_port().await;
-    let mut admin = PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("{base}: {e}"));
-    CLEANED
-        .get_or_init(|| drop_stale_databases(&mut admin))
-        .await;
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    let name = format!("fl_d_{}_{}", unix_secs(), &random[..8]);
-    let create = format!(r#"CREATE DATABASE "{name}""#);
-    admin
-        .execute(create.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("{create}: {e}"));
-    let _ = admin.close().await;
-
+    let name = create_fresh(&DATABASE, &CLEANED).await;
     let direct_options = PgConnectOptions::from_str(&base)
         .unwrap_or_else(|e| panic!("{base}: {e}"))
         .database(&name);
@@ -74,24 +60,15 @@ pub async fn fresh_pooled_database() -> PooledDatabase {
     PooledDatabase { direct, pooled }
 }
 
-/// Drops `fl_d_*` databases over 10 minutes old: no test runs that long, and `FORCE`
-/// closes the idle connections PgBouncer may still keep to them. Errors are ignored:
-/// another test process may be dropping the same ones.
-async fn drop_stale_databases(admin: &mut PgConnection) {
-    let sql = r"SELECT datname::text FROM pg_database WHERE datname LIKE 'fl\_d\_%'";
-    let names: Vec<String> = sqlx::query_scalar(sql)
-        .fetch_all(&mut *admin)
-        .await
-        .unwrap_or_default();
-    let cutoff = unix_secs().saturating_sub(600);
-    for name in names {
-        let created = name.split('_').nth(2).and_then(|t| t.parse::<u64>().ok());
-        if created.is_some_and(|t| t < cutoff) {
-            let drop = format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#);
-            let _ = admin.execute(drop.as_str()).await;
-        }
-    }
-}
+/// Test databases: dropped once over 10 minutes old (no test runs that long), with `FORCE`,
+/// which closes the idle connections PgBouncer may still keep to them.
+const DATABASE: Fresh = Fresh {
+    prefix: "fl_d_",
+    list: r"SELECT datname::text FROM pg_database WHERE datname LIKE 'fl\_d\_%'",
+    create: r#"CREATE DATABASE "{}""#,
+    drop: r#"DROP DATABASE IF EXISTS "{}" WITH (FORCE)"#,
+    max_age_secs: 600,
+};
 
 /// The port of this process's PgBouncer, started on first use.
 async fn pgbouncer_port() -> u16 {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::http::StatusCode;
 use forklift::TenantId;
+use forklift::store::JobCount;
 
 use super::AppState;
 use super::error::ApiError;
@@ -72,12 +73,7 @@ pub async fn reserve(
         jobs,
     };
     let counts = state.client.store().job_counts(tenant).await?;
-    let unfinished: i64 = counts
-        .iter()
-        .filter(|c| !c.status.is_final())
-        .map(|c| c.count)
-        .sum();
-    let unfinished = unfinished.max(0) as u64;
+    let unfinished = JobCount::unfinished(&counts).max(0) as u64;
     if unfinished + in_flight > quota {
         return Err(ApiError {
             retry_after: Some(RETRY_AFTER_SECONDS),

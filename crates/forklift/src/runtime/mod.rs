@@ -292,21 +292,7 @@ impl Parts {
             let _ = p.await;
         }
         let running = &self.shared.running;
-        // Jobs leased ahead have not started: back to the queue at once, not after the grace.
-        let ahead: Vec<Lease> = self
-            .shared
-            .queues
-            .iter()
-            .flat_map(|q| q.take_ready())
-            .collect();
-        for lease in &ahead {
-            running.remove(lease.job_id);
-        }
-        if !ahead.is_empty()
-            && let Err(e) = self.shared.store.job_release_many(&ahead).await
-        {
-            tracing::error!(error = %e, "could not release jobs leased ahead; the rescuer will retry them");
-        }
+        producer::give_back_all_ready(&self.shared).await;
         let tasks = &self.shared.tasks;
         tasks.close();
         if tokio::time::timeout(grace, running.wait_empty())

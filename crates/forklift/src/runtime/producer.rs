@@ -74,14 +74,15 @@ impl QueueState {
         (jobs as usize).min(most)
     }
 
-    /// Takes the jobs leased ahead that have not started, for shutdown to release.
-    pub fn take_ready(&self) -> Vec<Lease> {
-        self.ready
-            .lock()
-            .unwrap()
-            .drain(..)
-            .map(|p| p.lease)
-            .collect()
+    /// Takes the jobs leased ahead, not started, that were leased at least `waited` ago
+    /// (all of them for `Duration::ZERO`); the buffer is in lease order.
+    fn take_ready(&self, waited: Duration) -> Vec<Prepared> {
+        let mut ready = self.ready.lock().unwrap();
+        let young = ready
+            .iter()
+            .position(|p| p.leased_at.elapsed() < waited)
+            .unwrap_or(ready.len());
+        ready.drain(..young).collect()
     }
 
     pub fn poke(&self) {
@@ -261,17 +262,9 @@ impl Shared {
 /// for any process with room (slow jobs took the slots the estimate counted on).
 const MOST_AHEAD_WAIT: Duration = Duration::from_secs(1);
 
-/// Gives back the jobs leased ahead that waited longer than [`MOST_AHEAD_WAIT`], without
-/// using their attempt.
-async fn release_stale(shared: &Arc<Shared>, queue: &Arc<QueueState>) {
-    let stale: Vec<Prepared> = {
-        let mut ready = queue.ready.lock().unwrap();
-        let fresh = ready
-            .iter()
-            .position(|p| p.leased_at.elapsed() < MOST_AHEAD_WAIT)
-            .unwrap_or(ready.len());
-        ready.drain(..fresh).collect()
-    };
+/// Gives back the jobs leased ahead that waited longer than [`MOST_AHEAD_WAIT`].
+async fn release_stale(shared: &Shared, queue: &QueueState) {
+    let stale = queue.take_ready(MOST_AHEAD_WAIT);
     if stale.is_empty() {
         return;
     }
@@ -281,14 +274,7 @@ async fn release_stale(shared: &Arc<Shared>, queue: &Arc<QueueState>) {
     queue
         .run_micros
         .fetch_max(MOST_AHEAD_WAIT.as_micros() as u64, Ordering::Relaxed);
-    let leases: Vec<Lease> = stale.iter().map(|p| p.lease).collect();
-    for lease in &leases {
-        shared.running.remove(lease.job_id);
-    }
-    for p in &stale {
-        shared.unreserve(&p.ctx.job().job_type, 1);
-    }
-    match shared.store.job_release_many(&leases).await {
+    match give_back(shared, stale).await {
         Ok(n) => {
             tracing::debug!(queue = %queue.name, released = n, "gave back jobs that waited leased ahead")
         }
@@ -297,6 +283,34 @@ async fn release_stale(shared: &Arc<Shared>, queue: &Arc<QueueState>) {
             tracing::warn!(queue = %queue.name, error = %e, "could not give back jobs leased ahead")
         }
     }
+}
+
+/// Gives back every queue's jobs leased ahead, at shutdown: they have not started, so
+/// they go back at once, not after the grace.
+pub(crate) async fn give_back_all_ready(shared: &Shared) {
+    let ready: Vec<Prepared> = shared
+        .queues
+        .iter()
+        .flat_map(|q| q.take_ready(Duration::ZERO))
+        .collect();
+    if let Err(e) = give_back(shared, ready).await {
+        tracing::error!(error = %e, "could not release jobs leased ahead; the rescuer will retry them");
+    }
+}
+
+/// Gives back jobs leased ahead that never started, without using their attempt: out of
+/// the running set, their type's room returned, their leases released.
+async fn give_back(shared: &Shared, jobs: Vec<Prepared>) -> crate::Result<u64> {
+    if jobs.is_empty() {
+        return Ok(0);
+    }
+    let mut leases = Vec::with_capacity(jobs.len());
+    for p in &jobs {
+        shared.running.remove(p.lease.job_id);
+        shared.unreserve(&p.ctx.job().job_type, 1);
+        leases.push(p.lease);
+    }
+    shared.store.job_release_many(&leases).await
 }
 
 /// Folds one more measurement into a recent average (an exponential moving average, with

@@ -146,6 +146,14 @@ pub struct JobCount {
     pub count: i64,
 }
 
+impl JobCount {
+    /// The jobs not finished (queued or running) among `counts`.
+    pub fn unfinished(counts: &[JobCount]) -> i64 {
+        let live = counts.iter().filter(|c| !c.status.is_final());
+        live.map(|c| c.count).sum()
+    }
+}
+
 /// Recent activity, from [`Store::job_stats_recent`].
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RecentStats {

@@ -13,7 +13,7 @@ use forklift::{
 use serde_json::json;
 
 use crate::registry;
-use crate::support::{Harness, enqueue_ids, fast_config, wait_for, wait_status};
+use crate::support::{Harness, enqueue_ids, fast_config, wait_status};
 
 /// Holds its slot until the test opens it or the worker stops.
 #[derive(Clone)]
@@ -71,7 +71,7 @@ async fn gate_with_jobs_behind(
     batch.extend(behind);
     let ids = enqueue_ids(&client, &batch).await;
     for id in &ids {
-        wait_for(&client, *id, "leased", |j| j.status == JobStatus::Running).await;
+        wait_status(&client, *id, JobStatus::Running).await;
     }
     (worker, ids)
 }
@@ -110,10 +110,7 @@ pub async fn jobs_leased_ahead_go_back_to_the_queue_when_no_slot_frees(h: Harnes
     // The gate still holds the slot: within a second or two the ten are given back,
     // their attempt returned, for any process with room.
     for id in &ids[1..] {
-        let job = wait_for(&client, *id, "given back", |j| {
-            j.status == JobStatus::Queued
-        })
-        .await;
+        let job = wait_status(&client, *id, JobStatus::Queued).await;
         assert_eq!(job.attempt, 0, "{id}");
     }
     assert_eq!(client.get(ids[0]).await.unwrap().status, JobStatus::Running);

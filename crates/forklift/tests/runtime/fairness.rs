@@ -13,7 +13,7 @@ use forklift::{
 use serde_json::json;
 
 use crate::registry;
-use crate::support::{Harness, enqueue_ids, fast_config, wait_for};
+use crate::support::{Harness, enqueue_ids, fast_config, wait_status};
 
 /// Counts the starts of the big tenant's jobs; a job with `{"small": true}` records how
 /// many had started when it did.
@@ -72,7 +72,7 @@ pub async fn a_small_tenants_job_starts_after_a_bounded_part_of_a_big_tenants_ba
         .unwrap()
         .job
         .job_id;
-    wait_for(&small, id, "done", |j| j.status == JobStatus::Success).await;
+    wait_status(&small, id, JobStatus::Success).await;
     let between = starts.small_saw.load(Ordering::SeqCst) - before;
     assert!(
         BACKLOG - before > 2 * BOUND,

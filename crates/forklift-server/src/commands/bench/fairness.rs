@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use forklift::{Client, Registry, builtin};
+use forklift::Client;
 
-use super::scenarios::{bench_worker, drained, enqueue_in_calls_of_1000, noop};
+use super::scenarios::{drained, enqueue_in_calls_of_1000, noop, noop_worker};
 use super::{BenchArgs, Fresh, Results};
 
 pub async fn fairness(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
@@ -19,9 +19,7 @@ pub async fn fairness(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> any
         let small = Client::new(store.clone()).for_tenant(small_tenant);
         big.pause_queue("default").await?;
         let (n, _) = enqueue_in_calls_of_1000(&big, args.jobs).await?;
-        let mut registry = Registry::new();
-        registry.register("noop", builtin::Noop);
-        let worker = bench_worker(store.clone(), registry, args.concurrency);
+        let worker = noop_worker(store.clone(), args.concurrency);
         tokio::time::sleep(Duration::from_millis(300)).await; // started and idle
         let start = Instant::now();
         big.resume_queue("default").await?;

@@ -5,8 +5,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use forklift::store::JobCount;
 use forklift::{
-    Client, Handler, HandlerResult, JobContext, JobStatus, NewJob, Outcome, QueueConfig, Registry,
+    Client, Handler, HandlerResult, JobContext, NewJob, Outcome, QueueConfig, Registry,
     TxConnection, Worker, WorkerConfig, builtin,
 };
 use serde::Deserialize;
@@ -32,16 +33,20 @@ pub(super) fn bench_worker(
     Worker::start(store, registry, config)
 }
 
+/// [`bench_worker`] running noop jobs.
+pub(super) fn noop_worker(store: Arc<dyn forklift::Store>, concurrency: usize) -> Worker {
+    let mut registry = Registry::new();
+    registry.register("noop", builtin::Noop);
+    bench_worker(store, registry, concurrency)
+}
+
 /// Waits until the client's tenant has no unfinished job (or 120 s pass), by its counts:
 /// what `GET /queues` reads, the same cost whatever the history.
 pub(super) async fn drained(client: &Client) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let counts = client.store().job_counts(client.tenant()).await?;
-        let unfinished = counts
-            .iter()
-            .any(|c| matches!(c.status, JobStatus::Queued | JobStatus::Running) && c.count > 0);
-        if !unfinished {
+        if JobCount::unfinished(&counts) == 0 {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -130,9 +135,7 @@ pub async fn single(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyho
 
 pub async fn burndown(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyhow::Result<()> {
     let (store, pg) = fresh.stores().await?;
-    let mut registry = Registry::new();
-    registry.register("noop", builtin::Noop);
-    let worker = bench_worker(store.clone(), registry, args.concurrency);
+    let worker = noop_worker(store.clone(), args.concurrency);
     tokio::time::sleep(Duration::from_millis(300)).await; // started and idle
     let client = Client::new(store.clone());
     let jobs = vec![noop(); args.jobs.min(forklift::MAX_BATCH)];
@@ -500,9 +503,7 @@ pub async fn backlog(fresh: &Fresh, args: &BenchArgs, out: &mut Results) -> anyh
                 paused.enqueue_many(&blocked).await?;
             }
         }
-        let mut registry = Registry::new();
-        registry.register("noop", builtin::Noop);
-        let worker = bench_worker(store.clone(), registry, args.concurrency);
+        let worker = noop_worker(store.clone(), args.concurrency);
         tokio::time::sleep(Duration::from_millis(300)).await;
         client.pause_queue("default").await?;
         let n = enqueue_in_calls_of_1000(&client, args.jobs).await?.0;

@@ -19,14 +19,14 @@ const FOLD_EVERY: Duration = Duration::from_secs(1);
 
 /// Folds the deltas into the totals: one transaction, skipped when another process is
 /// folding (the advisory lock keeps two folds from updating the same totals in different
-/// orders and deadlocking).
+/// orders and deadlocking). Its few statements a second are unnamed, so they work behind
+/// a transaction pooler as well.
 pub async fn fold(pool: &Db) -> Result<()> {
     let mut tx = pool.pool.begin().await?;
-    let named = pool.named();
     let turn: bool = sqlx::query_scalar(
         "select pg_try_advisory_xact_lock(hashtext('forklift_fold:' || current_schema()))",
     )
-    .persistent(named)
+    .persistent(false)
     .fetch_one(&mut *tx)
     .await?;
     if !turn {
@@ -40,7 +40,7 @@ pub async fn fold(pool: &Db) -> Result<()> {
          do update set jobs = forklift_counts.jobs + excluded.jobs
          returning tenant_id, queue, job_type, status, jobs = 0",
     )
-    .persistent(named)
+    .persistent(false)
     .fetch_all(&mut *tx)
     .await?;
     // Totals this fold brought to zero (a type or queue no longer used): only those.
@@ -58,7 +58,7 @@ pub async fn fold(pool: &Db) -> Result<()> {
              where (c.tenant_id, c.queue, c.job_type, c.status) = (k.tenant_id, k.queue, k.job_type, k.status)
                and c.jobs = 0",
         )
-        .persistent(named)
+        .persistent(false)
         .bind(&tenants)
         .bind(&queues)
         .bind(&types)
@@ -68,7 +68,7 @@ pub async fn fold(pool: &Db) -> Result<()> {
     }
     // Minutes past any window: a range of the minutes' index.
     sqlx::query("delete from forklift_minutes where minute < now() - make_interval(secs => $1)")
-        .persistent(named)
+        .persistent(false)
         .bind(MINUTES_KEPT.as_secs_f64())
         .execute(&mut *tx)
         .await?;

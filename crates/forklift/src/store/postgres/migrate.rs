@@ -40,7 +40,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
 ];
 
-/// Applies the migrations this database lacks, in one transaction.
+/// Applies the migrations this database lacks, in one transaction. Its statements are
+/// unnamed (they run once), so they work behind a transaction pooler as well.
 ///
 /// Several processes may start at once: a transaction-scoped advisory lock, keyed by the
 /// schema so that separate schemas in one database do not wait on each other, makes them
@@ -48,9 +49,8 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 pub async fn run(pool: &Db) -> Result<()> {
     let mut tx = pool.pool.begin().await?;
     let conn: &mut PgConnection = &mut tx;
-    let named = pool.named();
     sqlx::query("select pg_advisory_xact_lock(hashtext('forklift_migrate:' || current_schema()))")
-        .persistent(named)
+        .persistent(false)
         .execute(&mut *conn)
         .await?;
     sqlx::query(
@@ -60,11 +60,11 @@ pub async fn run(pool: &Db) -> Result<()> {
             applied_at timestamptz not null default now()
         )",
     )
-    .persistent(named)
+    .persistent(false)
     .execute(&mut *conn)
     .await?;
     let applied: Vec<i32> = sqlx::query_scalar("select version from forklift_migrations")
-        .persistent(named)
+        .persistent(false)
         .fetch_all(&mut *conn)
         .await?;
     for &(version, name, sql) in MIGRATIONS {
@@ -75,7 +75,7 @@ pub async fn run(pool: &Db) -> Result<()> {
             return Err(Error::Migration(format!("{version} {name}: {e}")));
         }
         sqlx::query("insert into forklift_migrations (version, name) values ($1, $2)")
-            .persistent(named)
+            .persistent(false)
             .bind(version)
             .bind(name)
             .execute(&mut *conn)

@@ -87,11 +87,7 @@ fn coalescer(pool: Db) -> Coalescer {
 /// `Error::Database` at once (the API a 503) rather than hanging: sqlx keeps retrying a
 /// refused connection until that timeout.
 async fn first_connection(options: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
-    let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .test_before_acquire(false)
-        .connect_lazy_with(options);
+    let pool = side_pool(&options, max_connections, false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         match pool.acquire().await {
@@ -103,15 +99,17 @@ async fn first_connection(options: PgConnectOptions, max_connections: u32) -> Re
     }
 }
 
-/// Checks that `direct` reaches the database and schema that `pool` does: the renewals
-/// run there, and on other tables they would find no lease and stop every running job.
-async fn same_tables(pool: &PgPool, direct: &PgConnectOptions) -> Result<()> {
+/// Checks that `direct` (the renewals' pool) reaches the database and schema that
+/// `pooled` does: on other tables the renewals would find no lease and stop every job.
+async fn same_tables(pooled: &PgPool, direct: &PgPool) -> Result<()> {
     const WHERE: &str = "select current_database()::text, coalesce(current_schema()::text, '')";
-    let row = pool.fetch_one(WHERE).await?;
-    let through_pooler: (String, String) = (row.try_get(0)?, row.try_get(1)?);
-    let mut conn = PgConnection::connect_with(direct).await?;
-    let straight: (String, String) = sqlx::query_as(WHERE).fetch_one(&mut conn).await?;
-    let _ = conn.close().await;
+    let mut found = Vec::new();
+    for pool in [pooled, direct] {
+        // A plain string is a simple query: nothing named, fine behind the pooler.
+        let row = pool.fetch_one(WHERE).await?;
+        found.push((row.try_get::<String, _>(0)?, row.try_get::<String, _>(1)?));
+    }
+    let (through_pooler, straight) = (&found[0], &found[1]);
     if through_pooler != straight {
         return Err(Error::Database(sqlx::Error::Configuration(
             format!(
@@ -204,10 +202,12 @@ impl PgStore {
         direct: Option<PgConnectOptions>,
     ) -> Result<Self> {
         let pool = first_connection(options, max_connections).await?;
-        if let Some(direct) = &direct {
-            same_tables(&pool, direct).await?;
+        let checked = direct.is_some();
+        let store = Self::build(pool, true, direct);
+        if checked {
+            same_tables(&store.inner.pool.pool, &store.inner.leases.pool).await?;
         }
-        Ok(Self::build(pool, true, direct))
+        Ok(store)
     }
 
     /// Uses a pool the application already has (the one its own transactions use).
