@@ -278,9 +278,14 @@ async fn release_stale(shared: &Shared, queue: &QueueState) {
         Ok(n) => {
             tracing::debug!(queue = %queue.name, released = n, "gave back jobs that waited leased ahead")
         }
-        // Their leases lapse and the rescuer puts them back.
-        Err(e) => {
-            tracing::warn!(queue = %queue.name, error = %e, "could not give back jobs leased ahead")
+        // Still leased and renewed: back at the head of the buffer, for a slot or the next
+        // try, rather than left to lapse (the rescuer would count an attempt they never ran).
+        Err((e, jobs)) => {
+            tracing::warn!(queue = %queue.name, error = %e, "could not give back jobs leased ahead; keeping them");
+            let mut ready = queue.ready.lock().unwrap();
+            for p in jobs.into_iter().rev() {
+                ready.push_front(p);
+            }
         }
     }
 }
@@ -293,24 +298,38 @@ pub(crate) async fn give_back_all_ready(shared: &Shared) {
         .iter()
         .flat_map(|q| q.take_ready(Duration::ZERO))
         .collect();
-    if let Err(e) = give_back(shared, ready).await {
+    if let Err((e, jobs)) = give_back(shared, ready).await {
         tracing::error!(error = %e, "could not release jobs leased ahead; the rescuer will retry them");
+        forget(shared, &jobs);
     }
 }
 
-/// Gives back jobs leased ahead that never started, without using their attempt: out of
-/// the running set, their type's room returned, their leases released.
-async fn give_back(shared: &Shared, jobs: Vec<Prepared>) -> crate::Result<u64> {
+/// Gives back jobs leased ahead that never started, without using their attempt: their
+/// leases released, then out of the running set with their type's room returned. When the
+/// release fails they are handed back as they were, still leased and renewed.
+async fn give_back(
+    shared: &Shared,
+    jobs: Vec<Prepared>,
+) -> Result<u64, (crate::Error, Vec<Prepared>)> {
     if jobs.is_empty() {
         return Ok(0);
     }
-    let mut leases = Vec::with_capacity(jobs.len());
-    for p in &jobs {
+    let leases: Vec<Lease> = jobs.iter().map(|p| p.lease).collect();
+    match shared.store.job_release_many(&leases).await {
+        Ok(n) => {
+            forget(shared, &jobs);
+            Ok(n)
+        }
+        Err(e) => Err((e, jobs)),
+    }
+}
+
+/// Drops jobs that will not run here from the running set and returns their type's room.
+fn forget(shared: &Shared, jobs: &[Prepared]) {
+    for p in jobs {
         shared.running.remove(p.lease.job_id);
         shared.unreserve(&p.ctx.job().job_type, 1);
-        leases.push(p.lease);
     }
-    shared.store.job_release_many(&leases).await
 }
 
 /// Folds one more measurement into a recent average (an exponential moving average, with

@@ -60,8 +60,9 @@ async fn gate_with_jobs_behind(
     h: &Harness,
     reg: Registry,
     behind: Vec<NewJob>,
+    config: WorkerConfig,
 ) -> (Worker, Vec<forklift::JobId>) {
-    let worker = Worker::start(h.dyn_store(), reg, one_slot());
+    let worker = Worker::start(h.dyn_store(), reg, config);
     let client = h.client();
     let warm = enqueue_ids(&client, &vec![NewJob::new("noop", json!({})); 20]).await;
     for id in &warm {
@@ -88,7 +89,7 @@ pub async fn jobs_leased_ahead_are_released_at_shutdown_without_using_an_attempt
     let mut reg = registry();
     reg.register("gate", Gate::default());
     let behind = vec![NewJob::new("noop", json!({})); 10];
-    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind).await;
+    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind, one_slot()).await;
     worker.shutdown().await;
     // (The gate itself ends as its handler chose when told to stop.)
     let client = h.client();
@@ -105,7 +106,7 @@ pub async fn jobs_leased_ahead_go_back_to_the_queue_when_no_slot_frees(h: Harnes
     let mut reg = registry();
     reg.register("gate", gate.clone());
     let behind = vec![NewJob::new("noop", json!({})); 10];
-    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind).await;
+    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind, one_slot()).await;
     let client = h.client();
     // The gate still holds the slot: within a second or two the ten are given back,
     // their attempt returned, for any process with room.
@@ -121,13 +122,64 @@ pub async fn jobs_leased_ahead_go_back_to_the_queue_when_no_slot_frees(h: Harnes
     worker.shutdown().await;
 }
 
+/// The database refuses to take the jobs back (a release fails): they stay leased and
+/// renewed, in the buffer, rather than dropped to lapse (the rescuer would then count an
+/// attempt they never ran); once it takes them, they go back with no attempt used.
+pub async fn jobs_leased_ahead_whose_release_fails_stay_leased_and_renewed(h: Harness) {
+    let gate = Gate::default();
+    let mut reg = registry();
+    reg.register("gate", gate.clone());
+    let behind = vec![NewJob::new("noop", json!({})); 10];
+    let config = WorkerConfig {
+        lease_ttl: Duration::from_secs(1),
+        ..one_slot()
+    };
+    h.refuse_updates_when(
+        "old.status = 'RUNNING' and new.status = 'QUEUED'",
+        "old.status = 'RUNNING' and new.status = 'QUEUED'",
+    )
+    .await;
+    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind, config).await;
+    // Past the one second a job waits leased ahead, and past two lease terms.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let client = h.client();
+    for id in &ids[1..] {
+        assert_eq!(
+            client.get(*id).await.unwrap().status,
+            JobStatus::Running,
+            "{id}"
+        );
+    }
+    let now = if h.is_sqlite() {
+        chrono::Utc::now().timestamp_micros().to_string()
+    } else {
+        "now()".to_string()
+    };
+    let lapsed = format!("status = 'RUNNING' and lease_expires_at < {now}");
+    assert_eq!(
+        h.count_where(&lapsed).await,
+        0,
+        "every lease is still renewed"
+    );
+    h.allow_updates().await;
+    for id in &ids[1..] {
+        let job = wait_status(&client, *id, JobStatus::Queued).await;
+        assert_eq!(job.attempt, 0, "{id}");
+    }
+    gate.open();
+    for id in &ids {
+        wait_status(&client, *id, JobStatus::Success).await;
+    }
+    worker.shutdown().await;
+}
+
 pub async fn a_job_cancelled_while_leased_ahead_never_runs(h: Harness) {
     let (gate, counted) = (Gate::default(), Counted::default());
     let mut reg = registry();
     reg.register("gate", gate.clone());
     reg.register("counted", counted.clone());
     let behind = vec![NewJob::new("counted", json!({}))];
-    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind).await;
+    let (worker, ids) = gate_with_jobs_behind(&h, reg, behind, one_slot()).await;
     let client = h.client();
     client.cancel(ids[1]).await.unwrap();
     // Once the worker has heard of the cancel (at once by NOTIFY; at the next renewal on

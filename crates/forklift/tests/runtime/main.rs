@@ -52,6 +52,7 @@ conformance! {
         jobs_leased_ahead_are_released_at_shutdown_without_using_an_attempt,
         slow_jobs_are_not_leased_ahead,
         jobs_leased_ahead_go_back_to_the_queue_when_no_slot_frees,
+        jobs_leased_ahead_whose_release_fails_stay_leased_and_renewed,
         a_job_cancelled_while_leased_ahead_never_runs,
         a_worker_reports_its_attempts_to_the_stats,
     ],
