@@ -562,6 +562,13 @@ async fn a_tenants_quota_of_unfinished_jobs_answers_429_and_frees_as_jobs_end(b:
     for _ in 0..3 {
         assert_eq!(api.post("/jobs", job()).await.0, StatusCode::ACCEPTED);
     }
+    let too_many = json!({"jobs": vec![job(); 51]});
+    let (status, body) = api.post("/jobs/batch", too_many).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "batch_exceeds_quota"),
+        "a batch that can never fit is not a 429 to retry"
+    );
     let ten = json!({"jobs": vec![job(); 10]});
     let calls = (0..20).map(|_| api.post("/jobs/batch", ten.clone()));
     let answers = futures::future::join_all(calls).await;

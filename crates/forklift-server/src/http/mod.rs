@@ -124,7 +124,8 @@ ignored.
 A server started with `--max-unfinished-jobs N` answers 429 `quota_exceeded` (with \
 `Retry-After`) to an enqueue or retry that would give the tenant more than N queued or \
 running jobs, a repeat of a keyed enqueue included: its 200 comes once there is room. Room \
-comes back as jobs finish; a paused queue or a type no worker runs keeps it taken.";
+comes back as jobs finish; a paused queue or a type no worker runs keeps it taken. A batch \
+larger than N itself can never fit: 400 `batch_exceeds_quota`.";
 
 #[derive(OpenApi)]
 #[openapi(

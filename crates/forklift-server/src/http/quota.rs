@@ -60,6 +60,15 @@ pub async fn reserve(
         return Ok(None);
     }
     let jobs = adding as u64;
+    // Never room for it, however long the client waits: not a 429 to retry.
+    if jobs > quota {
+        return Err(ApiError::bad_request(
+            "batch_exceeds_quota",
+            format!(
+                "{jobs} jobs in one call, but a tenant may have {quota} unfinished: send fewer"
+            ),
+        ));
+    }
     // Reserved before the count is read, so two requests at once each see the other.
     let in_flight = {
         let mut map = state.reservations.0.lock().unwrap();
