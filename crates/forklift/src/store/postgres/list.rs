@@ -2,7 +2,7 @@
 //! [`ListPlan`] for how a page is read).
 
 use chrono::{DateTime, Utc};
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 
 use super::db::Db;
 use uuid::Uuid;
@@ -14,11 +14,29 @@ use crate::store::{Cursor, JobPage, LIST_SCAN_ROWS, ListParams, ListPlan};
 
 pub async fn list(pool: &Db, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
     let plan = ListPlan::new(p);
-    let edge = if plan.narrowed {
-        edge(pool, tenant, &plan).await?
-    } else {
-        None
-    };
+    if !plan.narrowed {
+        return read_page(page_query(tenant, &plan, None), true, &plan, None, pool).await;
+    }
+    // The edge and the page from one snapshot: rows written between two statements would
+    // push older ones out of a status's bounded read, and the page would skip them.
+    let mut tx = pool
+        .pool
+        .begin_with("begin isolation level repeatable read read only")
+        .await?;
+    let named = pool.named();
+    let edge = edge(&mut tx, named, tenant, &plan).await?;
+    let q = page_query(tenant, &plan, edge);
+    let page = read_page(q, named, &plan, edge, &mut *tx).await?;
+    tx.commit().await?;
+    Ok(page)
+}
+
+/// The page's rows, newest first, up to `limit + 1`.
+fn page_query(
+    tenant: TenantId,
+    plan: &ListPlan<'_>,
+    edge: Option<Cursor>,
+) -> QueryBuilder<'static, Postgres> {
     let mut q = QueryBuilder::new("select * from (");
     for (i, status) in plan.statuses.iter().enumerate() {
         if i > 0 {
@@ -28,7 +46,7 @@ pub async fn list(pool: &Db, tenant: TenantId, p: &ListParams) -> Result<JobPage
             q.push("(select * from ");
         }
         q.push(format!("(select {JOB_COLUMNS} from forklift_jobs"));
-        range(&mut q, tenant, &plan, *status);
+        range(&mut q, tenant, plan, *status);
         if plan.narrowed {
             // Read in the index's order, at most the bound, then filter: the bound is in
             // the query's shape, whatever plan the statistics would suggest.
@@ -58,14 +76,26 @@ pub async fn list(pool: &Db, tenant: TenantId, p: &ListParams) -> Result<JobPage
     }
     q.push(") page order by created_at desc, id desc limit ")
         .push_bind(plan.params.limit + 1);
-    let rows: Vec<JobRow> = q.build_query_as().fetch_all(pool).await?;
+    q
+}
+
+/// Runs [`page_query`]; `named`: whether the statement may be kept on the server (inside a
+/// transaction of our own behind a pooler it may not; the pool's executor sees to itself).
+async fn read_page<'c>(
+    mut q: QueryBuilder<'static, Postgres>,
+    named: bool,
+    plan: &ListPlan<'_>,
+    edge: Option<Cursor>,
+    on: impl sqlx::Executor<'c, Database = Postgres>,
+) -> Result<JobPage> {
+    let rows: Vec<JobRow> = q.build_query_as().persistent(named).fetch_all(on).await?;
     Ok(plan.page(rows.into_iter().map(JobRow::into_job).collect(), edge))
 }
 
 /// `where` the tenant, one status, the time filters and the cursor: one range of the
 /// `(tenant_id, status, created_at desc, id desc)` index.
 fn range(
-    q: &mut QueryBuilder<'_, Postgres>,
+    q: &mut QueryBuilder<'static, Postgres>,
     tenant: TenantId,
     plan: &ListPlan<'_>,
     status: JobStatus,
@@ -91,7 +121,12 @@ fn range(
 
 /// How deep this page may read: the newest of the statuses' [`LIST_SCAN_ROWS`]-th jobs;
 /// none when no status has that many left.
-async fn edge(pool: &Db, tenant: TenantId, plan: &ListPlan<'_>) -> Result<Option<Cursor>> {
+async fn edge(
+    conn: &mut PgConnection,
+    named: bool,
+    tenant: TenantId,
+    plan: &ListPlan<'_>,
+) -> Result<Option<Cursor>> {
     let mut q = QueryBuilder::new("select * from (");
     for (i, status) in plan.statuses.iter().enumerate() {
         if i > 0 {
@@ -104,7 +139,11 @@ async fn edge(pool: &Db, tenant: TenantId, plan: &ListPlan<'_>) -> Result<Option
             .push(" limit 1)");
     }
     q.push(") edges order by created_at desc, id desc limit 1");
-    let edge: Option<(DateTime<Utc>, Uuid)> = q.build_query_as().fetch_optional(pool).await?;
+    let edge: Option<(DateTime<Utc>, Uuid)> = q
+        .build_query_as()
+        .persistent(named)
+        .fetch_optional(conn)
+        .await?;
     Ok(edge.map(|(created_at, id)| Cursor {
         created_at,
         id: JobId(id),

@@ -1,7 +1,7 @@
 //! Listing a tenant's jobs, newest first, with filters and keyset pagination: as on
 //! PostgreSQL (see [`ListPlan`]), with `json_each` where it has `?` on arrays.
 
-use sqlx::{QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use uuid::Uuid;
 
 use super::row::{JOB_COLUMNS, JobRow, from_micros};
@@ -11,8 +11,12 @@ use crate::store::{Cursor, JobPage, LIST_SCAN_ROWS, ListParams, ListPlan};
 
 pub async fn list(pool: &SqlitePool, tenant: TenantId, p: &ListParams) -> Result<JobPage> {
     let plan = ListPlan::new(p);
+    // The edge and the page from one snapshot (a read transaction in WAL mode): rows
+    // written between two statements would push older ones out of a status's bounded
+    // read, and the page would skip them.
+    let mut tx = pool.begin().await?;
     let edge = if plan.narrowed {
-        edge(pool, tenant, &plan).await?
+        edge(&mut tx, tenant, &plan).await?
     } else {
         None
     };
@@ -57,7 +61,8 @@ pub async fn list(pool: &SqlitePool, tenant: TenantId, p: &ListParams) -> Result
     }
     q.push(") order by created_at desc, id desc limit ")
         .push_bind(plan.params.limit + 1);
-    let rows: Vec<JobRow> = q.build_query_as().fetch_all(pool).await?;
+    let rows: Vec<JobRow> = q.build_query_as().fetch_all(&mut *tx).await?;
+    tx.commit().await?;
     Ok(plan.page(rows.into_iter().map(JobRow::into_job).collect(), edge))
 }
 
@@ -90,7 +95,11 @@ fn range(
 
 /// How deep this page may read: the newest of the statuses' [`LIST_SCAN_ROWS`]-th jobs;
 /// none when no status has that many left.
-async fn edge(pool: &SqlitePool, tenant: TenantId, plan: &ListPlan<'_>) -> Result<Option<Cursor>> {
+async fn edge(
+    conn: &mut SqliteConnection,
+    tenant: TenantId,
+    plan: &ListPlan<'_>,
+) -> Result<Option<Cursor>> {
     let mut q = QueryBuilder::new("select * from (");
     for (i, status) in plan.statuses.iter().enumerate() {
         if i > 0 {
@@ -103,7 +112,7 @@ async fn edge(pool: &SqlitePool, tenant: TenantId, plan: &ListPlan<'_>) -> Resul
             .push(")");
     }
     q.push(") order by created_at desc, id desc limit 1");
-    let edge: Option<(i64, Uuid)> = q.build_query_as().fetch_optional(pool).await?;
+    let edge: Option<(i64, Uuid)> = q.build_query_as().fetch_optional(conn).await?;
     Ok(edge.map(|(created_at, id)| Cursor {
         created_at: from_micros(created_at),
         id: JobId(id),
